@@ -1,0 +1,24 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Train on the bundled demo data, then test the best checkpoint and print the metrics table.
+demo: install
+	$(BIN)/recsys-lightning fit --config lightning_configs/demo.yaml
+	$(BIN)/recsys-lightning test --config lightning_configs/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
+
+test: install
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) runs .cache

@@ -1,0 +1,82 @@
+"""Callbacks every run gets: the results file of a test run and the JSON-lines file of a predict run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import yaml
+from rich.console import Console
+from rich.table import Table
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class ResultsWriter(Callback):
+    """Writes `results.json` into the log directory after a test run: metrics per family, config, data, checkpoint."""
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics: dict[str, dict[str, float]] = {}
+        for key, value in sorted(trainer.callback_metrics.items()):
+            stage, family, name = key.split("/", 2) if key.count("/") >= 2 else ("", "", key)
+            if stage == "test":
+                metrics.setdefault(family, {})[name] = round(float(value), 6)
+        out = run_dir(trainer)
+        config_file = out / "config.yaml"
+        results: dict[str, Any] = {
+            "metrics": metrics,
+            "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+            "dataset": trainer.datamodule.stats() if trainer.datamodule is not None else None,
+            "config": yaml.safe_load(config_file.read_text()) if config_file.is_file() else dict(pl_module.hparams),
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "results.json"
+        path.write_text(json.dumps(results, indent=2, default=str))
+        print_metrics(metrics)
+        print(f"results: {path}")
+
+
+def print_metrics(metrics: dict[str, dict[str, float]]) -> None:
+    """One row per family and metric, seen and unseen templates side by side."""
+    table = Table(title="test metrics")
+    for column in ("family", "metric", "seen templates", "unseen templates"):
+        table.add_column(column)
+    for family, values in metrics.items():
+        for name, value in values.items():
+            if not name.startswith("unseen/"):
+                unseen = values.get(f"unseen/{name}")
+                table.add_row(family, name, f"{value:.4f}", "-" if unseen is None else f"{unseen:.4f}")
+    Console(width=120).print(table)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Streams each request's answer as one JSON line to `predictions.jsonl` (per rank beyond rank 0)."""
+
+    def __init__(self) -> None:
+        super().__init__(write_interval="batch")
+
+    def _path(self, trainer: L.Trainer) -> Path:
+        suffix = "" if trainer.global_rank == 0 else f".rank{trainer.global_rank}"
+        return run_dir(trainer) / f"predictions{suffix}.jsonl"
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        path = self._path(trainer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Sequence[dict],
+                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+        with self._path(trainer).open("a") as f:
+            for answer in prediction:
+                f.write(json.dumps(answer) + "\n")
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            print(f"predictions: {self._path(trainer)}")

@@ -1,0 +1,92 @@
+"""`recsys-lightning`: a LightningCLI (fit, validate, test, predict) plus the `tasks` listing."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import datasets
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from rich.console import Console
+from rich.table import Table
+from tokenizers import Tokenizer
+
+from recsys_lightning.callbacks import PredictionWriter, ResultsWriter
+from recsys_lightning.data.datamodule import RecDataModule
+from recsys_lightning.data.tokenizer import wrap_tokenizer
+from recsys_lightning.module import RecSysLLM
+from recsys_lightning.registry import discover
+
+
+class RecSysCLI(LightningCLI):
+    """LightningCLI with a configurable ModelCheckpoint that always keeps `last.ckpt`."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """As LightningCLI's, but `--trainer.enable_progress_bar false` also drops the default RichProgressBar."""
+        if self._get(self.config_init, "trainer", default={}).get("enable_progress_bar") is False:
+            callbacks = [c for c in self.trainer_defaults["callbacks"] if not isinstance(c, ProgressBar)]
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
+        return super().instantiate_trainer(**kwargs)
+
+    def _before_evaluation(self) -> None:
+        """Load checkpoints weights-only, and decode with the tokenizer the checkpoint was trained with."""
+        config = self.config_init[self.subcommand]
+        if config.get("weights_only") is None:
+            config["weights_only"] = True
+        if self.subcommand == "test":
+            config["verbose"] = False  # ResultsWriter prints one table, seen and unseen side by side
+        ckpt = config.get("ckpt_path")
+        if ckpt and Path(ckpt).is_file():
+            saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("tokenizer")
+            if isinstance(saved, str) and saved.startswith("{"):
+                self.datamodule.use_tokenizer(wrap_tokenizer(Tokenizer.from_str(saved)))
+
+    before_fit = before_validate = before_test = before_predict = _before_evaluation
+
+
+def list_tasks(argv: Sequence[str]) -> None:
+    """Print every registered task family: name, source file, seen/unseen template counts, metrics."""
+    parser = argparse.ArgumentParser(prog="recsys-lightning tasks", description=list_tasks.__doc__)
+    parser.add_argument("--task_dirs", nargs="*", default=[], help="extra folders of task family files")
+    args = parser.parse_args(argv)
+    table = Table(title="task families")
+    for column in ("name", "source", "seen", "unseen", "metrics"):
+        table.add_column(column)
+    for name, cls in sorted(discover(args.task_dirs).items()):
+        family = cls()
+        table.add_row(name, cls.source, str(len(family.prompts.seen)), str(len(family.prompts.unseen)),
+                      ", ".join(family.metrics()))
+    Console(width=200).print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "tasks":
+        list_tasks(args[1:])
+        return
+    datasets.disable_progress_bars()
+    RecSysCLI(
+        RecSysLLM,
+        RecDataModule,
+        args=None if argv is None else args,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+            "callbacks": [RichProgressBar(), LearningRateMonitor(logging_interval="step"), ResultsWriter(),
+                          PredictionWriter()],
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

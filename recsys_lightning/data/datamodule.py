@@ -1,0 +1,223 @@
+"""MultiTaskDataModule: dataset -> requests of every selected task family -> rendered prompts -> token layouts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator
+
+import lightning as L
+import torch
+from datasets import Dataset
+from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
+from transformers import PreTrainedTokenizerBase
+
+from recsys_lightning.data.adapters import load_dataset
+from recsys_lightning.data.encode import encode_rows
+from recsys_lightning.data.indexing import ItemIndex, build_index
+from recsys_lightning.data.schema import RecData
+from recsys_lightning.data.tokenizer import GLMTokens, load_tokenizer, train_tokenizer
+from recsys_lightning.family import FamilyContext, Request, TaskFamily, seeded_choice
+from recsys_lightning.model.layout import collate_infill, collate_part_a
+from recsys_lightning.registry import discover, get_task
+
+DEMO_ROOT = Path(__file__).resolve().parent / "demo"
+
+
+@dataclass
+class TaskSpec:
+    """One task family in the training mix.
+
+    Args:
+        name: the registered family name (see `recsys-lightning tasks`).
+        weight: relative sampling weight of the family's training examples.
+        options: keyword options of the family's constructor.
+    """
+
+    name: str
+    weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalStream:
+    """One evaluation dataloader: a family's requests under its seen or its unseen templates."""
+
+    family: TaskFamily
+    unseen: bool
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.family.name}/unseen/" if self.unseen else f"{self.family.name}/"
+
+
+class RecDataModule(L.LightningDataModule):
+    """Builds every selected family's examples from one dataset and serves mixed training batches."""
+
+    def __init__(
+        self,
+        tasks: list[TaskSpec] | None = None,
+        root: str | None = None,
+        format: str = "amazon_reviews",
+        item_index: str = "sequential",
+        tokenizer: str | None = None,
+        vocab_size: int = 2000,
+        max_length: int = 256,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        task_dirs: list[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            tasks: the families to train and evaluate, with sampling weights (default: sequential).
+            root: dataset folder; None uses the bundled Musical Instruments demo data.
+            format: adapter that reads `root` (e.g. amazon_reviews).
+            item_index: how items are written as text (sequential, random).
+            tokenizer: a tokenizer folder or hub name; None trains a BPE tokenizer on the dataset's text.
+            vocab_size: vocabulary size of a locally trained tokenizer.
+            max_length: longest Part A + Part B in tokens; longer prompts lose their oldest tokens.
+            batch_size: training batch size.
+            eval_batch_size: prompts decoded together in validation, test and predict.
+            num_workers: dataloader worker processes.
+            task_dirs: extra folders whose `.py` files register task families.
+            seed: seed of template choice, item ids and sampling.
+        """
+        super().__init__()
+        specs = tasks if tasks is not None else [TaskSpec("sequential")]
+        if not specs:
+            raise ValueError("data.tasks: select at least one task family")
+        self.save_hyperparameters(ignore=["tasks"])
+        self.hparams["tasks"] = [asdict(spec) for spec in specs]  # plain data, so checkpoints load weights-only
+        discover(task_dirs or [])
+        self.families: list[TaskFamily] = [self._family(i, spec) for i, spec in enumerate(specs)]
+        names = [f.name for f in self.families]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.tasks: a family is listed twice: {names}")
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.data: RecData | None = None
+        self.index: ItemIndex | None = None
+        self.eval_streams: list[EvalStream] = []
+        self._train: list[Dataset] = []
+        self._eval: dict[str, list[Dataset]] = {}
+
+    @staticmethod
+    def _family(i: int, spec: TaskSpec) -> TaskFamily:
+        cls = get_task(spec.name)
+        try:
+            return cls(weight=spec.weight, **spec.options)
+        except TypeError as err:
+            raise ValueError(f"data.tasks[{i}] ({spec.name}): bad options {spec.options}: {err}") from None
+
+    # --- set-up --------------------------------------------------------------------------------
+    def use_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Use this tokenizer (e.g. the one saved in a checkpoint) instead of loading or training one."""
+        self.tokenizer = tokenizer
+
+    def load(self) -> None:
+        """Read the dataset, index its items, get the tokenizer and hand all three to the families (once)."""
+        if self.data is not None:
+            return
+        hp = self.hparams
+        root = Path(hp.root) if hp.root else DEMO_ROOT
+        self.data = load_dataset(hp.format, root, hp.seed)
+        self.index = build_index(hp.item_index, self.data, hp.seed)
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(hp.tokenizer) if hp.tokenizer else train_tokenizer(
+                self._corpus(), hp.vocab_size)
+        context = FamilyContext(self.data, self.index, self.tokenizer)
+        for family in self.families:
+            family.setup(context)
+
+    def _corpus(self) -> Iterator[str]:
+        """Text a local tokenizer learns from: the dataset's words, item renderings and every template."""
+        assert self.data is not None and self.index is not None
+        yield from (t for t in self.data.review if t)
+        yield from (t for t in self.data.summary if t)
+        yield " ".join(self.index.strings)
+        for family in self.families:
+            yield from (t.text for t in family.prompts.templates)
+
+    def setup(self, stage: str) -> None:
+        self.load()
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}[stage]
+        if "train" in splits and not self._train:
+            self._train = [self._encode(self._rows(f, "train", unseen=False), train=True) for f in self.families]
+        self.eval_streams = [EvalStream(f, unseen) for f in self.families for unseen in (False, True)
+                             if not unseen or f.prompts.unseen]
+        for split in splits:
+            if split != "train" and split not in self._eval:
+                self._eval[split] = [self._encode(self._rows(s.family, split, s.unseen), train=False)
+                                     for s in self.eval_streams]
+
+    def _rows(self, family: TaskFamily, split: str, unseen: bool) -> list[dict[str, Any]]:
+        """Render each request of `split` with one template, drawn by a stable hash of the request."""
+        assert self.data is not None
+        templates = family.prompts.unseen if unseen else family.prompts.seen
+        rows = []
+        for i, request in enumerate(family.requests(self.data, split)):
+            rows.append(self._render(family, request, seeded_choice(templates, self.hparams.seed, split, i), i))
+        if not rows:
+            raise ValueError(f"task family {family.name!r} has no {split} requests in dataset {self.data.name!r}")
+        return rows
+
+    @staticmethod
+    def _render(family: TaskFamily, request: Request, template: Any, i: int) -> dict[str, Any]:
+        rendered = template.render(request.values, family.entity_slots)
+        return {"text": rendered.text, "target": rendered.target, "template": rendered.template_id,
+                "entity_spans": [list(e[:2]) for e in rendered.entities], "request_id": i, **request.meta}
+
+    def _encode(self, rows: list[dict[str, Any]], train: bool) -> Dataset:
+        assert self.tokenizer is not None
+        fn = partial(encode_rows, tokenizer=self.tokenizer, tokens=self.tokens, max_length=self.hparams.max_length,
+                     train=train)
+        return Dataset.from_list(rows).map(fn, batched=True)
+
+    @property
+    def tokens(self) -> GLMTokens:
+        assert self.tokenizer is not None, "call setup() first"
+        return GLMTokens.of(self.tokenizer)
+
+    # --- loaders -------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        """Families drawn in proportion to their weights (with replacement), one epoch = all examples once."""
+        weights = torch.cat([torch.full((len(ds),), f.weight / len(ds)) for f, ds in zip(self.families, self._train)])
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
+        return DataLoader(ConcatDataset(self._train), batch_size=self.hparams.batch_size, sampler=sampler,
+                          collate_fn=partial(collate_infill, pad_id=self.tokens.pad),
+                          num_workers=self.hparams.num_workers)
+
+    def _eval_loaders(self, split: str) -> list[DataLoader]:
+        return [DataLoader(ds, batch_size=self.hparams.eval_batch_size, shuffle=False,
+                           collate_fn=partial(self._collate_eval, stream.family),
+                           num_workers=self.hparams.num_workers)
+                for stream, ds in zip(self.eval_streams, self._eval[split])]
+
+    def _collate_eval(self, family: TaskFamily, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate_part_a(rows, self.tokens.pad)
+        batch["request_id"] = torch.tensor([r["request_id"] for r in rows])
+        batch.update(family.collate_meta(rows))
+        return batch
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+    def stats(self) -> dict[str, Any]:
+        """Dataset statistics and example counts per family and split, for results files."""
+        assert self.data is not None
+        counts: dict[str, dict[str, int]] = {f.name: {} for f in self.families}
+        for f, ds in zip(self.families, self._train):
+            counts[f.name]["train"] = len(ds)
+        for split, datasets in self._eval.items():
+            for stream, ds in zip(self.eval_streams, datasets):
+                counts[stream.family.name][split + ("_unseen" if stream.unseen else "")] = len(ds)
+        return {**self.data.stats(), "item_index": self.hparams.item_index, "examples": counts}

@@ -1,0 +1,94 @@
+"""GLM's blank-infilling layout: Part A (corrupted text) then Part B (the blanks), 2D positions, the attention mask.
+
+Part A holds one mask token per blank and attends bidirectionally; Part B holds each blank as
+`<|startofpiece|> span`, predicts `span <|endofpiece|>` and attends causally (plus all of Part A).
+Inter-position (position_ids[0]) is a token's place in Part A, or, in Part B, the place of its blank's mask
+token; intra-position (position_ids[1]) is 0 in Part A and 1..n inside a span.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from recsys_lightning.data.tokenizer import GLMTokens
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Blank:
+    """One blank: the index of its mask token in Part A and the span's token ids."""
+
+    mask_index: int
+    target: Sequence[int]
+
+
+def infill(part_a: Sequence[int], blanks: Sequence[Blank], tokens: GLMTokens) -> dict[str, list[int]]:
+    """Lay out one sample: token ids, labels, inter- and intra-positions, and which tokens form Part A."""
+    for blank in blanks:
+        if part_a[blank.mask_index] not in tokens.masks:
+            raise ValueError(f"Part A position {blank.mask_index} holds token {part_a[blank.mask_index]}, not a mask")
+    n = len(part_a)
+    input_ids, labels = list(part_a), [IGNORE] * n
+    inter, intra = list(range(n)), [0] * n
+    for blank in blanks:
+        span = list(blank.target)
+        input_ids += [tokens.sop, *span]
+        labels += [*span, tokens.eop]
+        inter += [blank.mask_index] * (len(span) + 1)
+        intra += list(range(1, len(span) + 2))
+    return {"input_ids": input_ids, "labels": labels, "inter_position": inter, "intra_position": intra,
+            "part_a_length": n}
+
+
+def pad_stack(seqs: Sequence[Sequence[int]], value: int, length: int | None = None) -> torch.Tensor:
+    """Right-pad int sequences into one (N, length) tensor."""
+    length = length or max(len(s) for s in seqs)
+    out = torch.full((len(seqs), length), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out
+
+
+def collate_infill(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Batch laid-out samples: one sample per row, right-padded (segment -1 marks padding)."""
+    input_ids = pad_stack([r["input_ids"] for r in rows], pad_id)
+    length = input_ids.shape[1]
+    lengths = torch.tensor([len(r["input_ids"]) for r in rows])
+    part_a_len = torch.tensor([r["part_a_length"] for r in rows])
+    idx = torch.arange(length)
+    segment = torch.where(idx < lengths[:, None], 0, -1)
+    return {
+        "input_ids": input_ids,
+        "labels": pad_stack([r["labels"] for r in rows], IGNORE, length),
+        "position_ids": torch.stack(
+            [pad_stack([r["inter_position"] for r in rows], 0, length),
+             pad_stack([r["intra_position"] for r in rows], 0, length)], dim=1),
+        "segment_ids": segment,
+        "part_a": idx < part_a_len[:, None],
+    }
+
+
+def blank_infilling_mask(segment_ids: torch.Tensor, part_a: torch.Tensor) -> torch.Tensor:
+    """(B, 1, L, L) bool, True = may attend: same sample, and the key is in Part A or not after the query.
+
+    Padding (segment -1) attends only to itself, so no softmax row is empty.
+    """
+    length = segment_ids.shape[-1]
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] >= 0)
+    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
+    allowed = same & (part_a[:, None, :] | causal)
+    allowed |= torch.eye(length, dtype=torch.bool, device=segment_ids.device)
+    return allowed[:, None]
+
+
+def collate_part_a(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Batch Part A prompts for decoding: right-padded ids, their lengths and each prompt's mask position."""
+    return {
+        "input_ids": pad_stack([r["input_ids"] for r in rows], pad_id),
+        "lengths": torch.tensor([len(r["input_ids"]) for r in rows]),
+        "mask_index": torch.tensor([r["mask_index"] for r in rows]),
+    }

@@ -1,0 +1,150 @@
+"""RecSysLLM: the shared LightningModule. Trains on mixed blank-infilling batches; evaluation and prediction are
+delegated to the task family each dataloader belongs to."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+from recsys_lightning.data.tokenizer import GLMTokens
+from recsys_lightning.generation.generator import Generator
+from recsys_lightning.model.backbones import Backbone, NativeGLM
+from recsys_lightning.model.layout import IGNORE, blank_infilling_mask
+from recsys_lightning.model.lora import LoRA, apply_lora
+
+STAGE_PREFIX = {"fit": "val", "validate": "val", "test": "test", "predict": "predict"}
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """The serialized tokenizer when it is a fast one (exact identity), else its name or path."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend.to_str() if backend is not None else str(tokenizer.name_or_path)
+
+
+class RecSysLLM(L.LightningModule):
+    """A blank-infilling language model trained as a recommender over any mix of task families."""
+
+    def __init__(
+        self,
+        backbone: Backbone | None = None,
+        lora: LoRA | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 0,
+        schedule: Literal["cosine", "constant"] = "cosine",
+        beam_size: int = 20,
+    ) -> None:
+        """
+        Args:
+            backbone: the network recipe (default: a tiny native GLM).
+            lora: LoRA settings; None fine-tunes every weight.
+            lr: peak AdamW learning rate.
+            weight_decay: AdamW weight decay (not applied to biases, norms and embeddings).
+            warmup_steps: linear warm-up steps before the schedule.
+            schedule: learning-rate shape after warm-up.
+            beam_size: beams of the Trie-constrained search in evaluation and prediction.
+        """
+        super().__init__()
+        self.backbone = backbone or NativeGLM()
+        self.lora = lora
+        self.save_hyperparameters()  # under LightningCLI: the given config (class_path dicts), so it reloads
+        self.network: nn.Module | None = None
+        self.tokenizer: Any = None
+        self.streams: list[Any] = []
+        self.metric_sets = nn.ModuleDict()
+
+    # --- set-up --------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        self.tokenizer = datamodule.tokenizer
+        self.tokens = GLMTokens.of(self.tokenizer)
+        self.streams = datamodule.eval_streams
+        prefix = STAGE_PREFIX[stage]
+        if prefix != "predict":
+            for i, stream in enumerate(self.streams):
+                metrics = MetricCollection(stream.family.metrics(), prefix=f"{prefix}/{stream.prefix}")
+                self.metric_sets[f"{prefix}_{i}"] = metrics
+
+    def configure_model(self) -> None:
+        """Build the network once the tokenizer is known (also the hook FSDP-style strategies shard in)."""
+        if self.network is not None:
+            return
+        network = self.backbone.build(self.tokenizer)
+        if self.lora is not None:
+            network = apply_lora(network, self.lora, self.backbone.lora_targets)
+        self.network = network
+
+    # --- training ------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of the labelled (Part B) positions, flattened to (N, vocab)."""
+        mask = blank_infilling_mask(batch["segment_ids"], batch["part_a"])
+        return self.network(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask,
+                            logits_positions=batch["labels"] != IGNORE).logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        labels = batch["labels"]
+        loss = F.cross_entropy(self(batch).float(), labels[labels != IGNORE])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "embeddings" in name else decay).append(p)
+        hp = self.hparams
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr)
+        if hp.schedule == "cosine":
+            scheduler = get_cosine_schedule_with_warmup(optimizer, hp.warmup_steps,
+                                                        int(self.trainer.estimated_stepping_batches))
+        else:
+            scheduler = get_constant_schedule_with_warmup(optimizer, hp.warmup_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- evaluation ----------------------------------------------------------------------------
+    @property
+    def generator(self) -> Generator:
+        return Generator(self.network, self.tokens, self.hparams.beam_size)
+
+    def _evaluate(self, prefix: str, batch: dict[str, Any], dataloader_idx: int) -> None:
+        stream = self.streams[dataloader_idx]
+        stream.family.evaluate(self.generator, batch, self.metric_sets[f"{prefix}_{dataloader_idx}"])
+
+    def _log_metrics(self, prefix: str) -> None:
+        for key, metrics in self.metric_sets.items():
+            if key.startswith(prefix + "_"):
+                self.log_dict(metrics.compute())
+                metrics.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate("val", batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate("test", batch, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        stream = self.streams[dataloader_idx]
+        return [{"task": stream.family.name, **answer} for answer in stream.family.predict(self.generator, batch)]
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tokenizer"] = tokenizer_fingerprint(self.tokenizer)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("tokenizer")
+        if saved is not None and saved != tokenizer_fingerprint(self.tokenizer):
+            raise ValueError("the checkpoint was trained with another tokenizer than the data module's; run through "
+                             "`recsys-lightning`, which loads the checkpoint's tokenizer, or set data.tokenizer")

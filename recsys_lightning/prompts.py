@@ -1,0 +1,141 @@
+"""Prompt templates as data: `prompts/<family>.yaml` -> typed templates that render text with entity spans."""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+MASK_TOKENS = ("[MASK]", "[sMASK]", "[gMASK]")
+
+
+class PromptError(ValueError):
+    """A prompt file or template that cannot serve its task family."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A prompt with its target slot replaced by a mask token.
+
+    `entities` are character spans (start, end, slot) of every entity value in `text`; `mask_char` is
+    where the mask token stands, so the tokenizer can find the blank.
+    """
+
+    text: str
+    target: str
+    entities: tuple[tuple[int, int, str], ...]
+    template_id: str
+    unseen: bool
+
+
+@dataclass(frozen=True)
+class Template:
+    """One prompt: text with `{slot}` fields, the slot the model must fill in, and its seen/unseen split."""
+
+    id: str
+    text: str
+    target: str
+    unseen: bool = False
+    mask: str = "[MASK]"
+    slots: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = tuple(name for _, name, _, _ in string.Formatter().parse(self.text) if name is not None)
+        object.__setattr__(self, "slots", names)
+
+    def render(self, values: dict[str, str | Sequence[str]], entity_slots: frozenset[str]) -> Rendered:
+        """Fill the slots; the target slot becomes the mask token and its value the Part B target.
+
+        A list value is joined by ", " and each element is its own entity span.
+        """
+        parts: list[str] = []
+        entities: list[tuple[int, int, str]] = []
+        length = 0
+        for literal, name, _, _ in string.Formatter().parse(self.text):
+            parts.append(literal)
+            length += len(literal)
+            if name is None:
+                continue
+            if name == self.target:
+                parts.append(self.mask)
+                length += len(self.mask)
+                continue
+            value = values[name]
+            pieces = [value] if isinstance(value, str) else list(value)
+            for i, piece in enumerate(pieces):
+                if i:
+                    parts.append(", ")
+                    length += 2
+                if name in entity_slots:
+                    entities.append((length, length + len(piece), name))
+                parts.append(piece)
+                length += len(piece)
+        target = values[self.target]
+        if not isinstance(target, str):
+            raise PromptError(f"template {self.id!r}: target slot {self.target!r} must be a single string")
+        return Rendered("".join(parts), target, tuple(entities), self.id, self.unseen)
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """The templates of one task family, split into seen (trained on) and unseen (zero-shot only)."""
+
+    path: Path
+    templates: tuple[Template, ...]
+
+    @property
+    def seen(self) -> tuple[Template, ...]:
+        return tuple(t for t in self.templates if not t.unseen)
+
+    @property
+    def unseen(self) -> tuple[Template, ...]:
+        return tuple(t for t in self.templates if t.unseen)
+
+    def validate(self, provided: frozenset[str], family: str) -> None:
+        """Fail with the template id and slot name when a template needs a slot the family does not fill."""
+        for t in self.templates:
+            for slot in t.slots:
+                if slot not in provided:
+                    raise PromptError(
+                        f"{self.path}: template {t.id!r} names slot {{{slot}}}, but task family {family!r} "
+                        f"provides only {sorted(provided)}"
+                    )
+            if t.target not in t.slots:
+                raise PromptError(f"{self.path}: template {t.id!r} has target {t.target!r}, which is not in its text")
+        if not self.seen:
+            raise PromptError(f"{self.path}: task family {family!r} needs at least one seen template")
+
+
+_TEMPLATE_KEYS = {"id", "text", "target", "unseen", "mask"}
+
+
+def load_prompts(path: Path) -> PromptSet:
+    """Read a prompt file: a mapping with a `templates` list of {id, text, target, unseen?, mask?}."""
+    if not path.is_file():
+        raise PromptError(f"prompt file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise PromptError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict) or not isinstance(raw.get("templates"), list):
+        raise PromptError(f"{path}: expected a mapping with a 'templates' list")
+    templates = []
+    seen_ids: set[str] = set()
+    for i, entry in enumerate(raw["templates"]):
+        where = f"{path}: templates[{i}]"
+        if not isinstance(entry, dict):
+            raise PromptError(f"{where}: expected a mapping, got {type(entry).__name__}")
+        unknown = set(entry) - _TEMPLATE_KEYS
+        missing = {"id", "text", "target"} - set(entry)
+        if unknown or missing:
+            raise PromptError(f"{where}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+        if entry["id"] in seen_ids:
+            raise PromptError(f"{where}: duplicate template id {entry['id']!r}")
+        if entry.get("mask", "[MASK]") not in MASK_TOKENS:
+            raise PromptError(f"{where}: mask must be one of {MASK_TOKENS}, got {entry['mask']!r}")
+        seen_ids.add(entry["id"])
+        templates.append(Template(**{k: (str(v) if k in ("id", "text", "target") else v) for k, v in entry.items()}))
+    return PromptSet(path, tuple(templates))

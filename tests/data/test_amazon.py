@@ -1,0 +1,61 @@
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from recsys_lightning.data.adapters import load_dataset
+from recsys_lightning.data.datamodule import DEMO_ROOT
+from recsys_lightning.data.schema import DataError
+from tests.conftest import SHARED_DATA
+
+
+def test_demo_data_matches_the_published_musical_instruments_statistics():
+    data = load_dataset("amazon_reviews", DEMO_ROOT, seed=0)
+    assert (data.num_users, data.num_items, len(data.item)) == (1429, 900, 10261)
+    assert np.all(np.diff(data.offsets) >= 5)  # 5-core
+    for u in range(0, data.num_users, 97):  # time order within each user
+        rows = data.interactions_of(u)
+        assert np.all(np.diff(data.timestamp[rows.start:rows.stop]) >= 0)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "amazon_musical_instruments_5core").is_dir(), reason="shared data absent")
+def test_the_raw_upstream_file_reads_unchanged():
+    data = load_dataset("amazon_reviews", SHARED_DATA / "amazon_musical_instruments_5core", seed=0)
+    assert (data.num_users, data.num_items, len(data.item)) == (1429, 900, 10261)
+    assert sorted(np.unique(data.rating).tolist()) == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def write(tmp_path, lines):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    with gzip.open(tmp_path / "reviews_Bad_5.json.gz", "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    return tmp_path
+
+
+GOOD = json.dumps({"reviewerID": "u", "asin": "i", "overall": 4.0, "unixReviewTime": 1})
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    with pytest.raises(DataError, match=r"reviews_Bad_5.json.gz:2: not a JSON object"):
+        load_dataset("amazon_reviews", write(tmp_path, [GOOD, "{broken"]), 0)
+
+
+def test_missing_key_names_the_key(tmp_path):
+    bad = json.dumps({"reviewerID": "u", "asin": "i", "unixReviewTime": 1})
+    with pytest.raises(DataError, match=r":1: key 'overall' missing"):
+        load_dataset("amazon_reviews", write(tmp_path, [bad]), 0)
+
+
+def test_missing_folder_and_file(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("amazon_reviews", tmp_path / "nope", 0)
+    with pytest.raises(DataError, match="expected exactly one reviews_"):
+        load_dataset("amazon_reviews", tmp_path, 0)
+    with pytest.raises(DataError, match="unknown dataset format"):
+        load_dataset("csv", tmp_path, 0)
+
+
+def test_empty_dataset(tmp_path):
+    with pytest.raises(DataError, match="no interactions"):
+        load_dataset("amazon_reviews", write(tmp_path, [""]), 0)

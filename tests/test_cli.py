@@ -1,0 +1,151 @@
+"""The real CLI end to end on a tiny slice of the demo data: fit, test, predict, a plugin family, configs."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recsys_lightning.cli import main
+from recsys_lightning.registry import builtin_dir
+
+TINY = [
+    "--model.backbone.init_args.hidden_size", "32", "--model.backbone.init_args.num_layers", "1",
+    "--model.backbone.init_args.num_attention_heads", "2", "--data.vocab_size", "300",
+    "--data.batch_size", "16", "--data.eval_batch_size", "32", "--model.beam_size", "10",
+    "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.log_every_n_steps", "1",
+    "--trainer.enable_progress_bar", "false", "--trainer.check_val_every_n_epoch", "1",
+]
+
+
+def run(sub: str, tmp: Path, root: Path, *extra: str, config: str = "lightning_configs/demo.yaml") -> Path:
+    logs = tmp / "logs"
+    main([sub, "--config", str(builtin_dir("lightning_configs").parent / config), *TINY,
+          "--data.root", str(root), "--trainer.default_root_dir", str(tmp),
+          "--trainer.logger.init_args.save_dir", str(logs), *extra,
+          *(["--checkpoint.dirpath", str(tmp / "ckpt")] if sub == "fit" else [])])
+    return max(logs.glob("*/version_*"), key=lambda p: p.stat().st_mtime)
+
+
+def test_fit_then_test_writes_checkpoints_and_results(tmp_path, tiny_reviews, capsys):
+    run("fit", tmp_path, tiny_reviews)
+    assert (tmp_path / "ckpt" / "last.ckpt").is_file() and (tmp_path / "ckpt" / "best.ckpt").is_file()
+    out = run("test", tmp_path, tiny_reviews, "--ckpt_path", str(tmp_path / "ckpt" / "best.ckpt"))
+    results = json.loads((out / "results.json").read_text())
+    seq = results["metrics"]["sequential"]
+    for name in ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "unseen/hr@10", "unseen/ndcg@10"):
+        assert 0.0 <= seq[name] <= 1.0
+    assert seq["hr@5"] <= seq["hr@10"]
+    assert results["dataset"]["users"] == 40 and results["dataset"]["examples"]["sequential"]["test"] == 40
+    assert results["checkpoint"].endswith("best.ckpt")
+    assert results["config"]["data"]["root"] == str(tiny_reviews)
+    printed = capsys.readouterr().out
+    assert "results: " in printed and "test metrics" in printed
+
+    predicted = run("predict", tmp_path, tiny_reviews, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"))
+    lines = [json.loads(line) for line in (predicted / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 * 40  # seen and unseen template streams
+    assert len(lines[0]["items"]) == 10 and lines[0]["task"] == "sequential"
+    scores = [i["score"] for i in lines[0]["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_lora_run_trains_only_adapters(tmp_path, tiny_reviews):
+    run("fit", tmp_path, tiny_reviews, "--model.lora", "{r: 4, alpha: 8}", "--trainer.limit_val_batches", "1")
+    import torch
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
+    assert any("lora_A" in k for k in state)
+
+
+PLUGIN = textwrap.dedent('''
+    """Example plugin: the star rating a user gives to their held-out item, decoded over a Trie of ratings."""
+    from torchmetrics import MeanAbsoluteError
+
+    from recsys_lightning.data.splits import leave_one_out
+    from recsys_lightning.family import Request, TaskFamily
+    from recsys_lightning.generation.trie import ItemTrie
+    from recsys_lightning.registry import register_task
+
+    RATINGS = ["1", "2", "3", "4", "5"]
+
+    @register_task("held_out_rating")
+    class HeldOutRating(TaskFamily):
+        slots = frozenset({"user", "item", "rating"})
+        entity_slots = frozenset({"user", "item"})
+        meta_columns = ("rating_value",)
+
+        def setup(self, context):
+            super().setup(context)
+            ids = context.tokenizer(RATINGS, add_special_tokens=False)["input_ids"]
+            self.trie = ItemTrie(ids, context.tokenizer.convert_tokens_to_ids("<|endofpiece|>"))
+
+        def requests(self, data, split):
+            for user in range(data.num_users):
+                rows = list(data.interactions_of(user))
+                cut = leave_one_out(rows, split)
+                if cut is not None:
+                    row = cut[1]
+                    rating = int(data.rating[row])
+                    yield Request({"user": f"user_{user}", "item": self.ctx.index.render(int(data.item[row])),
+                                   "rating": str(rating)}, {"rating_value": rating})
+
+        def metrics(self):
+            return {"mae": MeanAbsoluteError()}
+
+        def evaluate(self, generator, batch, metrics):
+            ranked, _ = generator.rank_items(batch, self.trie.to(batch["input_ids"].device), 1)
+            metrics["mae"].update((ranked[:, 0] + 1).float(), batch["rating_value"].float())
+
+        def predict(self, generator, batch):
+            ranked, _ = generator.rank_items(batch, self.trie.to(batch["input_ids"].device), 1)
+            return [{"rating": int(r) + 1} for r in ranked[:, 0]]
+''')
+
+
+def test_a_new_family_file_trains_through_the_cli_without_touching_the_core(tmp_path, tiny_reviews):
+    plugin = tmp_path / "plugin"
+    (plugin / "tasks").mkdir(parents=True)
+    (plugin / "prompts").mkdir()
+    (plugin / "tasks" / "held_out_rating.py").write_text(PLUGIN)
+    (plugin / "prompts" / "held_out_rating.yaml").write_text(yaml.safe_dump({"templates": [
+        {"id": "r-1", "text": "How many stars does {user} give {item}? {rating}", "target": "rating"},
+        {"id": "r-2", "text": "{user} rates item {item} with {rating} stars.", "target": "rating", "unseen": True},
+    ]}))
+    tasks = json.dumps([{"name": "held_out_rating"}, {"name": "sequential", "weight": 0.5}])
+    common = ["--data.task_dirs", json.dumps([str(plugin / "tasks")]), "--data.tasks", tasks,
+              "--checkpoint.monitor", "val/held_out_rating/mae", "--checkpoint.mode", "min"]
+    run("fit", tmp_path, tiny_reviews, *common)
+    out = run("test", tmp_path, tiny_reviews, *common[:4], "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"))
+    metrics = json.loads((out / "results.json").read_text())["metrics"]
+    assert 0.0 <= metrics["held_out_rating"]["mae"] <= 4.0
+    assert "unseen/mae" in metrics["held_out_rating"] and "hr@10" in metrics["sequential"]
+
+
+def test_tasks_command_lists_families(capsys):
+    main(["tasks"])
+    out = capsys.readouterr().out
+    assert "sequential" in out and "tasks/sequential.py" in out and "ndcg@10" in out
+
+
+def test_print_config_round_trips(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(builtin_dir("lightning_configs") / "demo.yaml"), "--print_config"])
+    assert done.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["data"]["tasks"][0]["name"] == "sequential"
+    assert config["checkpoint"]["save_last"] is True
+
+
+@pytest.mark.parametrize("path", sorted(builtin_dir("lightning_configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(path, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert done.value.code == 0
+
+
+def test_bad_family_option_fails_before_training(tmp_path, tiny_reviews):
+    with pytest.raises(ValueError, match=r"data.tasks\[0\] \(sequential\): bad options"):
+        run("fit", tmp_path, tiny_reviews, "--data.tasks", '[{"name": "sequential", "options": {"colour": 1}}]')

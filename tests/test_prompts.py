@@ -1,0 +1,44 @@
+from pathlib import Path
+
+import pytest
+
+from recsys_lightning.prompts import PromptError, Template, load_prompts
+
+
+def test_render_marks_entities_and_masks_the_target():
+    t = Template(id="t", text="{user} bought {history}; next {item}.", target="item")
+    r = t.render({"user": "user_1", "history": ["12", "7"], "item": "9"}, frozenset({"user", "history", "item"}))
+    assert r.text == "user_1 bought 12, 7; next [MASK]."
+    assert r.target == "9"
+    assert [r.text[s:e] for s, e, _ in r.entities] == ["user_1", "12", "7"]
+
+
+def test_free_text_slots_are_not_entities():
+    t = Template(id="t", text="{review} -> {rating}", target="rating", mask="[gMASK]")
+    r = t.render({"review": "nice", "rating": "5"}, frozenset())
+    assert r.text == "nice -> [gMASK]" and r.entities == ()
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(body)
+    return path
+
+
+def test_unknown_slot_names_template_and_slot(tmp_path):
+    prompts = load_prompts(write(tmp_path, "templates:\n  - {id: a, text: '{user} {colour} {item}', target: item}\n"))
+    with pytest.raises(PromptError, match=r"template 'a' names slot \{colour\}"):
+        prompts.validate(frozenset({"user", "item"}), "fam")
+
+
+def test_seen_unseen_split_and_schema_errors(tmp_path):
+    prompts = load_prompts(write(tmp_path, "templates:\n  - {id: a, text: '{item}', target: item}\n"
+                                           "  - {id: b, text: 'x {item}', target: item, unseen: true}\n"))
+    assert [t.id for t in prompts.seen] == ["a"] and [t.id for t in prompts.unseen] == ["b"]
+    with pytest.raises(PromptError, match="missing keys"):
+        load_prompts(write(tmp_path, "templates:\n  - {id: a, text: '{item}'}\n"))
+    with pytest.raises(PromptError, match="duplicate template id"):
+        load_prompts(write(tmp_path, "templates:\n  - {id: a, text: '{i}', target: i}\n  - {id: a, text: '{i}', target: i}\n"))
+    with pytest.raises(PromptError, match="needs at least one seen"):
+        load_prompts(write(tmp_path, "templates:\n  - {id: a, text: '{i}', target: i, unseen: true}\n")).validate(
+            frozenset({"i"}), "fam")
