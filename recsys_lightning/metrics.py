@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import torch
-from torchmetrics import Metric
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, Metric
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalNormalizedDCG
+from torchmetrics.text import BLEUScore, ROUGEScore
 
 
 def ranking_metrics(hit_ks: Sequence[int], ndcg_ks: Sequence[int]) -> dict[str, Metric]:
@@ -25,3 +27,55 @@ def update_ranking(metrics: dict[str, Metric], ranked: torch.Tensor, target: tor
     indexes = request_ids[:, None].expand(b, k)
     for metric in metrics.values():
         metric.update(preds.reshape(-1), hits.reshape(-1), indexes=indexes.reshape(-1))
+
+
+class ROUGE(ROUGEScore):
+    """ROUGE-1/2/L F-measures, computed offline (no stemmer, so no nltk data is needed)."""
+
+    KEYS = ("rouge1", "rouge2", "rougeL")
+
+    def __init__(self) -> None:
+        super().__init__(rouge_keys=self.KEYS)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        scores = super().compute()
+        return {key: scores[f"{key}_fmeasure"] for key in self.KEYS}
+
+
+def text_metrics(bleu_n: int) -> dict[str, Metric]:
+    """Corpus BLEU-n and ROUGE-1/2/L F-measures of generated against reference text."""
+    return {f"bleu{bleu_n}": BLEUScore(n_gram=bleu_n), "rouge": ROUGE()}
+
+
+def update_text(metrics: dict[str, Metric], generated: list[str], references: list[str]) -> None:
+    for metric in metrics.values():
+        if isinstance(metric, BLEUScore):
+            metric.update(generated, [[r] for r in references])
+        elif isinstance(metric, ROUGE):
+            metric.update(generated, references)
+
+
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def parse_rating(text: str, low: float = 1.0, high: float = 5.0) -> float | None:
+    """The first number in `text` when it lies in [low, high] ("5", "5.0", " 4 stars"), else None."""
+    match = _NUMBER.search(text)
+    if match is None:
+        return None
+    value = float(match.group())
+    return value if low <= value <= high else None
+
+
+def rating_metrics() -> dict[str, Metric]:
+    """RMSE and MAE over parsed ratings, and the rate of outputs that did not parse (never dropped silently)."""
+    return {"rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError(), "unparsed_rate": MeanMetric()}
+
+
+def update_rating(metrics: dict[str, Metric], predicted: list[float | None], truth: torch.Tensor) -> None:
+    parsed = torch.tensor([p is not None for p in predicted], device=truth.device)
+    metrics["unparsed_rate"].update((~parsed).float())
+    if parsed.any():
+        values = torch.tensor([p for p in predicted if p is not None], device=truth.device, dtype=torch.float)
+        metrics["rmse"].update(values, truth[parsed].float())
+        metrics["mae"].update(values, truth[parsed].float())

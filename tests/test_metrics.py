@@ -20,3 +20,30 @@ def test_padding_items_never_hit():
     metrics = ranking_metrics((5,), ())
     update_ranking(metrics, torch.tensor([[2, -1, -1]]), torch.tensor([5]), torch.tensor([0]))
     assert float(metrics["hr@5"].compute()) == 0.0
+
+
+def test_rating_parsing_is_robust():
+    from recsys_lightning.metrics import parse_rating
+
+    assert parse_rating("5") == 5.0 and parse_rating("5.0") == 5.0 and parse_rating(" 4 stars") == 4.0
+    assert parse_rating("five") is None and parse_rating("9") is None and parse_rating("") is None
+
+
+def test_unparsed_ratings_are_reported_as_a_rate_not_dropped():
+    from recsys_lightning.metrics import rating_metrics, update_rating
+
+    metrics = rating_metrics()
+    update_rating(metrics, [5.0, None, 3.0, None], torch.tensor([4.0, 2.0, 1.0, 5.0]))
+    assert float(metrics["unparsed_rate"].compute()) == 0.5
+    assert math.isclose(float(metrics["mae"].compute()), 1.5)
+    assert math.isclose(float(metrics["rmse"].compute()), math.sqrt((1 + 4) / 2), rel_tol=1e-6)
+
+
+def test_text_metrics_score_identical_text_as_one():
+    from recsys_lightning.metrics import text_metrics, update_text
+
+    metrics = text_metrics(4)
+    text = "the strings sound bright and stay in tune for weeks"
+    update_text(metrics, [text], [text])
+    assert math.isclose(float(metrics["bleu4"].compute()), 1.0, rel_tol=1e-6)
+    assert all(math.isclose(float(v), 1.0, rel_tol=1e-6) for v in metrics["rouge"].compute().values())
