@@ -60,15 +60,16 @@ class RecData:
         user_features: Mapping[str, Mapping[str, Any]] | None = None,
         templates: Mapping[str, str] | None = None,
     ) -> RecData:
-        """Assign dense ids (sorted raw ids) and order each user's interactions by time, then seeded hash.
+        """Assign dense ids (raw ids sorted; numerically when all are integers) and order each user's
+        interactions by time, then seeded hash.
 
         Features map a feature name to {raw key: value}; keys without a value get None.
         """
         n = len(user_keys)
         if n == 0:
             raise DataError(f"{source or name}: the dataset has no interactions")
-        users = sorted(set(user_keys))
-        items = sorted(set(item_keys))
+        users = _ordered(user_keys)
+        items = _ordered(item_keys)
         uid = {u: i for i, u in enumerate(users)}
         iid = {it: i for i, it in enumerate(items)}
         user = np.fromiter((uid[u] for u in user_keys), dtype=np.int64, count=n)
@@ -109,6 +110,13 @@ class RecData:
             "avg_sequence_length": round(float(lengths.mean()), 2),
             "sparsity": round(1.0 - len(self.item) / (self.num_users * self.num_items), 5),
         }
+
+
+def _ordered(keys: Sequence[str]) -> list[str]:
+    """Distinct raw ids sorted, numerically when every id is an integer (MovieLens user 2 is dense id 1)."""
+    distinct = set(keys)
+    numeric = all(k.isdigit() for k in distinct)
+    return sorted(distinct, key=int) if numeric else sorted(distinct)
 
 
 def _align(features: Mapping[str, Mapping[str, Any]] | None, keys: list[str], kind: str,

@@ -13,7 +13,7 @@ import dataclasses
 import string
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from recsys_lightning.data.indexing import ItemIndex
 from recsys_lightning.data.schema import DataError, RecData
@@ -28,8 +28,7 @@ class TemplateError(DataError):
     """A description template that cannot be parsed or names a field the dataset does not have."""
 
 
-@dataclass(frozen=True)
-class Described:
+class Described(NamedTuple):
     """A text and the character spans (start, end, field) of the entities in it."""
 
     text: str

@@ -1,7 +1,8 @@
 """Amazon 2014 review dumps: `reviews_<Category>_5.json.gz`, one JSON object per line, read unchanged.
 
 A matching `meta_<Category>.json.gz` (python-literal lines in the 2014 dumps, JSON in later ones) adds
-titles, brands, categories and prices; it lists the whole category, so products without reviews are skipped.
+titles, brands, categories and prices; it lists the whole category, so the lines of products without reviews
+are skipped (before parsing, by their `asin`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy",
           "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
 TEMPLATES = {
     "user": "{user} is {age:an}-year-old {gender}[ {occupation}][ living in zip code {zip}].",
-    "item": "{item} is the movie {title}[, released in {year}][, genres: {genres}].",
+    "item": "item {item} is a movie[ titled {title}][ from {year}][ in the genres {genres}].",
 }
 
 

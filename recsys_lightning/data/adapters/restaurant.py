@@ -32,7 +32,7 @@ TEMPLATES = {
     "user": "{user}[ was born in {birth_year}][, is {marital_status}][, is a {activity}][, has a {budget} budget]"
             "[, drinks: {drink_level}][, smoker: {smoker}][, prefers {dress_preference} dress][, likes a {ambience} "
             "ambience][, travels {transport}][, likes {cuisines} food][, pays with {payments}].",
-    "item": "{item} is the restaurant {title}[ in {city}][, serving {cuisines} food][, {price} price][, alcohol: "
+    "item": "item {item} is a restaurant[ named {title}][ in {city}][, serving {cuisines} food][, {price} price][, alcohol: "
             "{alcohol}][, smoking: {smoking_area}][, {dress_code} dress code][, {ambience} ambience][, parking: "
             "{parking}][, accepts {payments}].",
 }
@@ -87,6 +87,8 @@ def read_restaurant(root: Path, seed: int = 0) -> RecData:
         users.append(row["userID"])
         items.append(row["placeID"])
         ratings.append(float(row["rating"]))
+    if not users:
+        raise DataError(f"{path}: no ratings; the dataset has no interactions")
     user_set, place_set = set(users), set(items)
     user_features: dict[str, dict[str, Any]] = {}
     item_features: dict[str, dict[str, Any]] = {}

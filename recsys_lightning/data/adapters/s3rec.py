@@ -64,6 +64,8 @@ def read_sequences(path: Path) -> dict[str, list[str]]:
         if tokens[0] in sequences:
             raise DataError(f"{path}:{lineno}: user {tokens[0]} already has a line")
         sequences[tokens[0]] = tokens[1:]
+    if not sequences:
+        raise DataError(f"{path}: no `user item item ...` lines; the dataset is empty")
     return sequences
 
 
