@@ -1,4 +1,4 @@
-"""Reading helpers every adapter shares: one required file, text lines with their numbers, CSV/TSV rows, JSON."""
+"""Reading helpers the adapters share: text (gzip, UTF-8 or Latin-1), numbered lines, CSV/TSV rows, JSON."""
 
 from __future__ import annotations
 
@@ -12,17 +12,6 @@ from typing import Any, Iterator
 from recsys_lightning.data.schema import DataError
 
 MISSING = frozenset({"", "?"})
-
-
-def one_file(root: Path, *patterns: str, what: str) -> Path:
-    """The single file of `root` matching the first pattern that matches anything; else a DataError."""
-    for pattern in patterns:
-        found = sorted(root.glob(pattern))
-        if len(found) == 1:
-            return found[0]
-        if found:
-            raise DataError(f"{root}: expected one {what}, found {len(found)}: {[p.name for p in found]}")
-    raise DataError(f"{root}: missing {what} (looked for {', '.join(patterns)})")
 
 
 def read_text(path: Path) -> str:
