@@ -7,13 +7,14 @@ last two), so no held-out target item changes how a training item is written.
 |---|---|
 | `sequential` | 1..N in order of first appearance over training interactions, then the rest (seeded order) |
 | `random` | a seeded permutation of 1..K over the K training items, then K+1.. for the rest |
-| `title` | its title (whitespace collapsed), made unique by " (2)", " (3)" ... in training order |
+| `title` | its title (NFKC, whitespace collapsed), made unique by " (2)", " (3)" ... in training order |
 | `atomic` | one new vocabulary token `<item_N>` (N as in `sequential`): ranking the catalog is one softmax |
 | `p5` | the dataset's original P5 number. It was assigned over whole sequences, test items included, so it leaks the held-out order; kept only to reproduce P5 |
 """
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Callable
 
 import numpy as np
@@ -84,7 +85,8 @@ def random_ids(data: RecData, seed: int) -> ItemIndex:
 
 
 def title_ids(data: RecData, seed: int) -> ItemIndex:
-    """Titles, unique by a " (n)" suffix assigned in training order; an item without a title uses its raw id."""
+    """Titles (NFKC-normalized like our tokenizers' input), unique by a " (n)" suffix assigned in training order;
+    an item without a title is written `item <raw id>`."""
     titles = data.item_features.get("title")
     if titles is None:
         raise DataError(f"data.item_index: 'title' needs item titles, and dataset {data.name!r} has none "
@@ -92,7 +94,7 @@ def title_ids(data: RecData, seed: int) -> ItemIndex:
     strings = [""] * data.num_items
     taken: set[str] = set()
     for item in training_order(data, seed)[0]:
-        base = " ".join(str(titles[item] or "").split()) or f"item {data.items[item]}"
+        base = " ".join(unicodedata.normalize("NFKC", titles[item] or "").split()) or f"item {data.items[item]}"
         name, n = base, 1
         while name in taken:
             n += 1
