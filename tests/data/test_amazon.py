@@ -96,3 +96,17 @@ def test_meta_file_adds_titles_brands_categories_and_prices(tiny_reviews, tmp_pa
     write_meta(root, [json.dumps({"asin": asins[1], "title": "ok"}), "{'asin': '%s', 'title': broken" % asins[0]])
     with pytest.raises(DataError, match=r"meta_Tiny.json.gz:2: expected a JSON or python-literal object"):
         load_dataset("amazon_reviews", root, 0)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "amazon_musical_instruments_5core").is_dir(), reason="shared data absent")
+def test_a_broken_copy_of_the_raw_file_names_the_line(tmp_path):
+    source = SHARED_DATA / "amazon_musical_instruments_5core" / "reviews_Musical_Instruments_5.json.gz"
+    lines = gzip.open(source, "rt").read().splitlines()
+    row = json.loads(lines[4999])
+    del row["unixReviewTime"]
+    lines[4999] = json.dumps(row)
+    tmp_path.mkdir(exist_ok=True)
+    with gzip.open(tmp_path / source.name, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"reviews_Musical_Instruments_5.json.gz:5000: key 'unixReviewTime' missing"):
+        load_dataset("amazon_reviews", tmp_path, 0)

@@ -1,9 +1,18 @@
+"""Splits, sampling, explanation extraction and item indexing, with the leak test of every leak-free index."""
+
 import numpy as np
+import pytest
 
 from recsys_lightning.data.adapters import load_dataset
+from recsys_lightning.data.datamodule import DEMO_ROOT
+from recsys_lightning.data.explanations import extract_explanations, feature_words
 from recsys_lightning.data.indexing import build_index
-from recsys_lightning.data.schema import RecData
-from recsys_lightning.data.splits import leave_one_out
+from recsys_lightning.data.schema import DataError, RecData
+from recsys_lightning.data.splits import leave_one_out, review_split, sample_negatives
+from recsys_lightning.data.textualize import describe_item
+from recsys_lightning.data.tokenizer import train_tokenizer
+from recsys_lightning.family import FamilyContext
+from recsys_lightning.registry import discover, get_task
 
 
 def test_leave_one_out():
@@ -35,17 +44,6 @@ def test_sequential_ids_are_assigned_over_training_interactions_first(tiny_revie
 
 
 # --- leak-free indexing --------------------------------------------------------------------------------------------
-import pytest  # noqa: E402
-
-from recsys_lightning.data.datamodule import DEMO_ROOT  # noqa: E402
-from recsys_lightning.data.explanations import extract_explanations, feature_words  # noqa: E402
-from recsys_lightning.data.schema import DataError  # noqa: E402
-from recsys_lightning.data.splits import review_split, sample_negatives  # noqa: E402
-from recsys_lightning.data.textualize import describe_item  # noqa: E402
-from recsys_lightning.data.tokenizer import train_tokenizer  # noqa: E402
-from recsys_lightning.family import FamilyContext  # noqa: E402
-from recsys_lightning.registry import discover, get_task  # noqa: E402
-
 LEAK_FREE = ("sequential", "random", "title", "atomic")
 
 

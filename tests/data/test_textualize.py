@@ -77,3 +77,20 @@ def test_entity_spans_survive_tokenization():
         assert text.replace(" ", "") in decoded  # every token of the entity is inside its range
         assert tokenizer.decode(ids[start + 1:end]).replace(" ", "") != text.replace(" ", "")  # and none to spare
     assert entity_token_spans([(0, 4), (4, 5), (5, 9)], [(4, 9, "x"), (20, 22, "gone")]) == [(1, 3)]
+
+
+def test_built_examples_carry_entity_token_ranges_in_part_a(tiny_reviews):
+    from recsys_lightning.data.datamodule import RecDataModule
+
+    dm = RecDataModule(root=str(tiny_reviews), cache_dir=None, vocab_size=300, max_length=64)
+    dm.setup("fit")
+    cut = 0
+    for dataset in (dm._train[0], dm._eval["val"][0]):
+        for row in dataset.select(range(0, len(dataset), 7)):
+            chars = [row["text"][s:e] for s, e in row["entity_spans"]]
+            tokens = [dm.tokenizer.decode(row["input_ids"][s:e]).replace(" ", "") for s, e in row["entity_tokens"]]
+            cut += len(chars) > len(tokens)
+            for text, decoded in zip(chars[len(chars) - len(tokens):], tokens):  # a long prompt loses its oldest
+                assert decoded.replace("▁", "") == text.replace(" ", "")
+            assert all(1 <= s < e <= row["input_ids"].index(dm.tokens.eos) for s, e in row["entity_tokens"])
+    assert cut > 0  # max_length 64 truncates some prompts, and their leading entities are dropped, not shifted
