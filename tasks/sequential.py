@@ -52,7 +52,8 @@ class Sequential(TaskFamily):
         index = self.ctx.index
         window = history[-self.max_history:]
         return Request(
-            values={"user": user_name(user), "history": [index.render(i) for i in window], "item": index.render(target)},
+            values={"user": user_name(user), "history": [index.render(i) for i in window],
+                    "item": index.render(target)},
             meta={"user_id": user, "target_item": target, "seen_items": [int(i) for i in history]},
         )
 

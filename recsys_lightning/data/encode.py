@@ -1,4 +1,5 @@
-"""Tokenization bound late: rendered prompts -> Part A token ids (and, for training, the full blank-infilling layout)."""
+"""Tokenization bound late: rendered prompts -> Part A token ids (and, for training, the full blank-infilling
+layout), with entity character spans carried over as token ranges."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def entity_token_spans(offsets: Sequence[tuple[int, int]], entities: Sequence[Se
     return spans
 
 
-def tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+def tokenize(tokenizer: PreTrainedTokenizerBase,
+             texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
     """Token ids and character offsets of each text, without special tokens. Fast tokenizers go straight to
     their Rust backend (the transformers wrapper costs more than the tokenization itself on large builds)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)

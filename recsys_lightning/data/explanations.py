@@ -10,7 +10,8 @@ The extraction, step by step (all deterministic):
    possessive and precede punctuation, the end or a stopword ("the sound is", "these strings.", "my tuner
    and"). Without a part-of-speech tagger this keeps aspects and drops verbs and adjectives ("a cheap cable").
 4. Each review's explanation is its first qualifying sentence that contains a feature word; the hint is its
-   most noun-like feature word (highest share of phrase-final uses; first one on ties). Reviews without such a sentence have no explanation (None).
+   most noun-like feature word (highest share of phrase-final uses; first one on ties). Reviews without such a
+   sentence have no explanation (None).
 """
 
 from __future__ import annotations

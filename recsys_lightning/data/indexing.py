@@ -9,7 +9,11 @@ last two), so no held-out target item changes how a training item is written.
 | `random` | a seeded permutation of 1..K over the K training items, then K+1.. for the rest |
 | `title` | its title (NFKC, whitespace collapsed), made unique by " (2)", " (3)" ... in training order |
 | `atomic` | one new vocabulary token `<item_N>` (N as in `sequential`): ranking the catalog is one softmax |
-| `p5` | the dataset's original P5 number. It was assigned over whole sequences, test items included, so it leaks the held-out order; kept only to reproduce P5 |
+| `p5` | the dataset's original P5 number: assigned over whole sequences, test items included, it leaks; P5 only |
+
+P5 numbered items by first appearance over the users' whole sequences, test items included, so a held-out item
+often gets the number right after its user's history (Beauty user 1: `1 2 3 4` then test item `5`), which a
+model can exploit; `p5` is kept only to reproduce P5's results.
 """
 
 from __future__ import annotations

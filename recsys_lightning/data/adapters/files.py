@@ -30,7 +30,8 @@ def lines(path: Path) -> Iterator[tuple[int, str]]:
             yield lineno, line
 
 
-def table_rows(path: Path, required: tuple[str, ...], delimiter: str = ",") -> Iterator[tuple[int, dict[str, str | None]]]:
+def table_rows(path: Path, required: tuple[str, ...],
+               delimiter: str = ",") -> Iterator[tuple[int, dict[str, str | None]]]:
     """(line number, row) of a CSV/TSV file with a header; `?` and empty cells become None.
 
     Every row must have as many cells as the header; `required` columns must be in the header.

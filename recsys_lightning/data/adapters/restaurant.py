@@ -32,9 +32,9 @@ TEMPLATES = {
     "user": "{user}[ was born in {birth_year}][, is {marital_status}][, is a {activity}][, has a {budget} budget]"
             "[, drinks: {drink_level}][, smoker: {smoker}][, prefers {dress_preference} dress][, likes a {ambience} "
             "ambience][, travels {transport}][, likes {cuisines} food][, pays with {payments}].",
-    "item": "item {item} is a restaurant[ named {title}][ in {city}][, serving {cuisines} food][, {price} price][, alcohol: "
-            "{alcohol}][, smoking: {smoking_area}][, {dress_code} dress code][, {ambience} ambience][, parking: "
-            "{parking}][, accepts {payments}].",
+    "item": "item {item} is a restaurant[ named {title}][ in {city}][, serving {cuisines} food][, {price} price]"
+            "[, alcohol: {alcohol}][, smoking: {smoking_area}][, {dress_code} dress code][, {ambience} ambience]"
+            "[, parking: {parking}][, accepts {payments}].",
 }
 
 

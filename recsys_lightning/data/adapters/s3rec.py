@@ -98,20 +98,20 @@ def _check_map(path: Path, key: str, mapping: Any, numbers: set[str]) -> dict[st
     return {k: str(v) for k, v in mapping.items()}
 
 
+def _header(path: Path) -> list[str]:
+    return read_text(path).split("\n", 1)[0].rstrip("\r").split("\t")
+
+
 def _item_tables(root: Path) -> list[Path]:
-    tables = []
-    for path in sorted([*root.glob("derived/*.tsv"), *root.glob("*.tsv")]):
-        header = read_text(path).split("\n", 1)[0].rstrip("\r").split("\t")
-        if any(c in header for c in ID_COLUMNS):
-            tables.append(path)
-    return tables
+    """The `.tsv` files (in `derived/` or the folder) whose header names an item id column."""
+    paths = sorted([*root.glob("derived/*.tsv"), *root.glob("*.tsv")])
+    return [p for p in paths if any(c in _header(p) for c in ID_COLUMNS)]
 
 
 def _read_item_table(path: Path, items: set[str], features: dict[str, dict[str, Any]],
                      raw: dict[str, str]) -> None:
     """Add one item table's columns to `features` (by item number) and its raw ids to `raw`."""
-    header = read_text(path).split("\n", 1)[0].rstrip("\r").split("\t")
-    id_column = next(c for c in ID_COLUMNS if c in header)
+    id_column = next(c for c in ID_COLUMNS if c in _header(path))
     for lineno, row in table_rows(path, (id_column,), delimiter="\t"):
         number = row.pop(id_column)
         if number not in items:
@@ -123,22 +123,26 @@ def _read_item_table(path: Path, items: set[str], features: dict[str, dict[str, 
             elif column == "p5_item_id":
                 features.setdefault("p5_id", {})[number] = value
             elif column in LIST_COLUMNS:
-                values = [v.strip() for v in (value or "").split("|") if v.strip() and v.strip() not in UNKNOWN_VALUES]
-                features.setdefault(column, {})[number] = values or None
+                values = [v.strip() for v in (value or "").split("|")]
+                features.setdefault(column, {})[number] = [v for v in values if v and v not in UNKNOWN_VALUES] or None
             else:
                 features.setdefault("title" if column == "name" else column, {})[number] = value
 
 
+def _int_keys(path: Path, table: Any, what: str) -> dict[int, str]:
+    if not isinstance(table, dict) or not all(str(k).isdigit() for k in table):
+        raise DataError(f"{path}: {what} must be an object of integer attribute id -> name")
+    return {int(k): str(v) for k, v in table.items()}
+
+
 def _attribute_names(root: Path, maps: dict[str, Any] | None, used: set[int]) -> dict[int, str]:
+    """Attribute names from `derived/*attribute_names.json`, else from datamaps when its ids are the ones used."""
     named = sorted(root.glob("derived/*attribute_names.json"))
     if named:
-        table = read_json(named[0])
-        if not isinstance(table, dict):
-            raise DataError(f"{named[0]}: expected an object of attribute id -> name")
-        return {int(k): str(v) for k, v in table.items()}
-    id2attribute = (maps or {}).get("id2attribute")
-    if isinstance(id2attribute, dict) and {int(k) for k in id2attribute} == used:
-        return {int(k): str(v) for k, v in id2attribute.items()}
+        return _int_keys(named[0], read_json(named[0]), "the attribute name table")
+    if maps is not None and "id2attribute" in maps:
+        names = _int_keys(root / "datamaps.json", maps["id2attribute"], "id2attribute")
+        return names if set(names) == used else {}
     return {}
 
 
@@ -164,7 +168,8 @@ def read_s3rec(root: Path, seed: int = 0) -> RecData:
     raw_items: dict[str, str] = {}
     raw_users = {u: u for u in sequences}
     if maps is not None:
-        raw_items = _check_map(root / "datamaps.json", "id2item", maps.get("id2item", {}), items)
+        if "id2item" in maps:
+            raw_items = _check_map(root / "datamaps.json", "id2item", maps["id2item"], items)
         if "id2user" in maps:
             raw_users = _check_map(root / "datamaps.json", "id2user", maps["id2user"], set(sequences))
     features: dict[str, dict[str, Any]] = {}
