@@ -31,6 +31,7 @@ class GLMTokens:
     sop: int
     eop: int
     masks: frozenset[int]
+    mask: int  # [MASK], the span blank (masks also holds [sMASK] and [gMASK] when present)
 
     @classmethod
     def of(cls, tokenizer: PreTrainedTokenizerBase) -> GLMTokens:
@@ -42,7 +43,7 @@ class GLMTokens:
             raise ValueError(f"tokenizer {tokenizer.name_or_path!r} lacks GLM special tokens {missing}; "
                              "load it with load_backbone_tokenizer, which adds them")
         return cls(vocab[roles["pad_token"]], vocab[roles["cls_token"]], vocab[roles["eos_token"]], vocab[SOP],
-                   vocab[EOP], frozenset(vocab[t] for t in (MASK, SMASK, GMASK) if t in vocab))
+                   vocab[EOP], frozenset(vocab[t] for t in (MASK, SMASK, GMASK) if t in vocab), vocab[MASK])
 
     @property
     def all_ids(self) -> list[int]:
@@ -106,14 +107,14 @@ def tokenizer_from_files(folder: Path) -> PreTrainedTokenizerBase:
 def add_glm_tokens(tokenizer: PreTrainedTokenizerBase, order: tuple[str, ...] = GLM_BLANK_TOKENS) -> list[int]:
     """Give `tokenizer` every role and token the blank-infilling layout uses; return the ids it had to add.
 
-    Roles reuse existing tokens first (cls <- [CLS] or bos, eos <- sep, pad <- eos). Missing tokens are appended:
+    Roles reuse existing tokens first (cls <- [CLS] when present or ordered, else bos; eos <- sep; pad <- eos). Missing tokens are appended:
     those of `order` in that order (THUDM's command-token order gives a GLM vocabulary GLM's ids), then any role
     token still missing.
     """
     vocab = tokenizer.get_vocab()
     eos = tokenizer.eos_token or tokenizer.sep_token or EOS
     roles = {"eos_token": eos, "pad_token": tokenizer.pad_token or eos, "mask_token": tokenizer.mask_token or MASK,
-             "cls_token": tokenizer.cls_token or (CLS if CLS in vocab else tokenizer.bos_token) or CLS}
+             "cls_token": tokenizer.cls_token or (CLS if CLS in vocab or CLS in order else tokenizer.bos_token) or CLS}
     ordered = [*order, *sorted(set(roles.values()) - set(order))]
     missing = [t for t in ordered if t not in vocab]
     before = len(tokenizer)
