@@ -142,7 +142,7 @@ class HFCausalLM(Backbone):
         if len(tokenizer) > hf.get_input_embeddings().num_embeddings:
             hf.resize_token_embeddings(len(tokenizer), mean_resizing=self.pretrained)
         if self.gradient_checkpointing:
-            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(hf)
         hf.config.use_cache = False
         network = GLMModeLM(hf, self._block_positions())
         if self.adapter:
@@ -150,7 +150,7 @@ class HFCausalLM(Backbone):
             network.block_position_embeddings.load_state_dict(read_block_positions(Path(self.adapter)))
         elif self.model is not None and (Path(self.model) / BLOCK_POSITIONS_FILE).is_file():
             network.block_position_embeddings.load_state_dict(read_block_positions(Path(self.model)))
-        return network
+        return network.train()  # from_pretrained returns eval mode; training sets the mode it needs
 
     def _block_positions(self) -> int:
         """Rows of the intra-position table: a saved table's own size wins over `max_block_positions`."""
@@ -188,9 +188,18 @@ class HFCausalLM(Backbone):
         assert isinstance(network, GLMModeLM)
         if not isinstance(network.model, peft.PeftModel):
             raise ValueError("the checkpoint was trained without LoRA: there is no adapter to export")
-        network.model.save_pretrained(str(out))
+        # GLM's new embedding rows are in the adapter as trainable tokens: the full embeddings need not be
+        network.model.save_pretrained(str(out), save_embedding_layers=False)
         write_block_positions(network, out)
         return {"adapter": str(out)}
+
+
+def enable_activation_checkpointing(hf: PreTrainedModel) -> None:
+    """Recompute decoder-layer activations in the backward pass (non-reentrant: frozen inputs need no hooks)."""
+    if hasattr(hf, "activation_checkpointing_enable"):  # the name since transformers 5.x
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def write_block_positions(network: GLMModeLM, folder: Path) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import string
+
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from recsys_lightning.model.glm import GLMModel
 from recsys_lightning.model.layout import Blank, collate_infill, infill
@@ -83,3 +86,21 @@ def one_sample(tokens, tail, span):
     m = min(tokens.masks)
     part_a = [tokens.cls, *tail, m, tokens.eos]
     return collate_infill([infill(part_a, [Blank(len(part_a) - 2, span)], tokens)], tokens.pad)
+
+
+def write_pretrained(folder: Path, family: str = "llama") -> int:
+    """A saved tiny 'pretrained' causal LM whose character-level tokenizer has no GLM tokens (only <s>, </s>,
+    <unk>), with an untied output layer; returns the base vocabulary size."""
+    chars = sorted(set(string.printable) - set("\t\n\r\x0b\x0c"))
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.decoder = decoders.Fuse()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(str(folder))
+    config = dict(HF_CONFIGS[family])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), vocab_size=len(vocab),
+                                                                  tie_word_embeddings=False, **config))
+    model.save_pretrained(str(folder))
+    return len(vocab)

@@ -10,14 +10,14 @@ import torch
 from recsys_lightning.data.tokenizer import CLS, EOP, GMASK, MASK, SMASK, SOP, GLMTokens
 from recsys_lightning.model.backbones import NativeGLM
 from recsys_lightning.model.checkpoints import load_glm, save_glm
+from recsys_lightning.model.layout import blank_infilling_mask
+from recsys_lightning.model.lora import LoRA
 from tests.conftest import make_glm
 from tests.model.conftest import (one_sample, write_glm_tokenizer_config, write_gpt2_vocab,
                                   write_thudm_checkpoint)
 
 
-def logits(model, batch, mask_fn=None):
-    from recsys_lightning.model.layout import blank_infilling_mask
-
+def logits(model, batch):
     mask = blank_infilling_mask(batch["segment_ids"], batch["part_a"])
     return model(batch["input_ids"], batch["position_ids"], mask).logits
 
@@ -113,9 +113,19 @@ def test_native_glm_backbone_from_checkpoint_and_export_format_round_trip(tmp_pa
     torch.testing.assert_close(logits(load_glm(tmp_path / "export").eval(), batch), logits(model, batch))
 
 
-def test_bf16_base_weights(tmp_path, tokenizer, tokens):
+def test_bf16_base_weights_train_fp32_lora_adapters(tmp_path, tokenizer, tokens):
     folder = write_thudm_checkpoint(tmp_path / "glm", make_glm(len(tokenizer)))
-    model = load_glm(folder, torch.bfloat16).eval()
+    (folder / "tokenizer.json").write_text(tokenizer.backend_tokenizer.to_str())
+    backbone = NativeGLM(checkpoint=str(folder), dtype="bfloat16", hidden_dropout=0.0, attention_dropout=0.0)
+    model = backbone.build(tokenizer)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    out = logits(model, one_sample(tokens, [10, 11], [20]))
-    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    wrapped = backbone.add_lora(model, LoRA(r=2, dropout=0.0), tokenizer).train()
+    assert {p.dtype for p in wrapped.parameters() if p.requires_grad} == {torch.float32}
+    batch = one_sample(tokens, [10, 11], [20, 21])
+    for _ in range(2):
+        out = logits(wrapped, batch)
+        loss = torch.nn.functional.cross_entropy(out[0, -3:].float(), batch["labels"][0, -3:])
+        loss.backward()
+    assert out.dtype == torch.bfloat16 and torch.isfinite(loss)
+    grads = [p.grad for n, p in wrapped.named_parameters() if "lora_B" in n]  # lora_A moves once B is nonzero
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)

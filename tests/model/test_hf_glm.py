@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from recsys_lightning.data.tokenizer import GLMTokens
 from recsys_lightning.generation.beam import trie_beam_search
@@ -14,7 +12,7 @@ from recsys_lightning.generation.trie import ItemTrie
 from recsys_lightning.model.hf_glm import BLOCK_POSITIONS_FILE, HFCausalLM, additive_mask
 from recsys_lightning.model.layout import Blank, blank_infilling_mask, collate_infill, collate_part_a, infill
 from recsys_lightning.model.lora import LoRA, trainable_fraction
-from tests.model.conftest import HF_CONFIGS, one_sample
+from tests.model.conftest import HF_CONFIGS, one_sample, write_pretrained
 
 FAMILIES = sorted(HF_CONFIGS)
 
@@ -131,21 +129,6 @@ def test_lora_targets_per_family(family, tokenizer, tokens):
         torch.testing.assert_close(forward(wrapped, batch), ref)
 
 
-def write_pretrained(folder, family="llama"):
-    """A saved tiny 'pretrained' model whose tokenizer has no GLM tokens (only <s>, </s>, <unk>)."""
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz ")}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    hf_tok.save_pretrained(str(folder))
-    config = dict(HF_CONFIGS[family])
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), vocab_size=len(vocab),
-                                                                  tie_word_embeddings=False, **config))
-    model.save_pretrained(str(folder))
-    return len(vocab)
-
-
 def test_pretrained_folder_gets_glm_tokens_and_their_rows_train_under_lora(tmp_path):
     base_vocab = write_pretrained(tmp_path / "llama")
     backbone = HFCausalLM(model=str(tmp_path / "llama"))
@@ -153,6 +136,7 @@ def test_pretrained_folder_gets_glm_tokens_and_their_rows_train_under_lora(tmp_p
     glm = GLMTokens.of(tokenizer)
     assert glm.cls == tokenizer.convert_tokens_to_ids("<s>") and glm.eos == glm.pad == 2  # reuses bos / eos
     assert len(tokenizer) == base_vocab + 5  # [MASK], [gMASK], [sMASK], <|startofpiece|>, <|endofpiece|>
+    assert tokenizer.decode(tokenizer("Guitar 42", add_special_tokens=False)["input_ids"]) == "Guitar 42"
     network = backbone.build(tokenizer)
     assert network.model.get_input_embeddings().num_embeddings == len(tokenizer)
     wrapped = backbone.add_lora(network, LoRA(r=2, dropout=0.0), tokenizer).train()
@@ -175,6 +159,21 @@ def test_pretrained_folder_gets_glm_tokens_and_their_rows_train_under_lora(tmp_p
     assert set(changed_in) <= set(glm.all_ids) and glm.sop in changed_in  # only GLM rows move, as inputs...
     assert set(changed_out) <= set(glm.all_ids) and glm.eop in changed_out  # ...and as outputs (untied head)
     assert not (tmp_path / "llama" / BLOCK_POSITIONS_FILE).exists()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, tokens):
+    batch = one_sample(tokens, [10, 11], [20, 21])
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        network = HFCausalLM(config=HF_CONFIGS["llama"], gradient_checkpointing=checkpointing).build(tokenizer)
+        network.block_position_embeddings.weight.data.normal_()
+        forward(network.train(), batch).sum().backward()
+        assert network.model.is_activation_checkpointing == checkpointing
+        grads.append((network.model.model.layers[0].mlp.up_proj.weight.grad,
+                      network.block_position_embeddings.weight.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
 
 
 def test_constructor_errors_name_the_key():
