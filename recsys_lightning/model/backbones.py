@@ -16,7 +16,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from recsys_lightning.data.tokenizer import load_backbone_tokenizer
-from recsys_lightning.model.checkpoints import load_glm, resolve_folder, save_glm
+from recsys_lightning.model.checkpoints import check_source, load_glm, resolve_folder, save_glm
 from recsys_lightning.model.glm import AttentionMask, GLMConfig, GLMModel
 from recsys_lightning.model.layout import blank_infilling_block_mask, blank_infilling_mask
 from recsys_lightning.model.lora import LoRA, LoRADefaults, apply_lora, merge_adapter
@@ -112,6 +112,9 @@ class NativeGLM(Backbone):
             raise ValueError("model.backbone: attention 'flex' has no attention dropout; set attention_dropout: 0")
         if adapter and not checkpoint:
             raise ValueError("model.backbone: an adapter needs the checkpoint it was trained on (set checkpoint)")
+        for key, source in (("checkpoint", checkpoint), ("adapter", adapter)):
+            if source is not None:
+                check_source(source, f"model.backbone.{key}")
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._added_rows: list[int] = []
 

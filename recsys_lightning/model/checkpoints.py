@@ -21,13 +21,19 @@ INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
+def check_source(name_or_path: str, key: str) -> None:
+    """Fail before training when `name_or_path` is written as a local path but is no folder (hub names pass)."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir() and (path.exists() or name_or_path.startswith((".", "/", "~"))):
+        raise FileNotFoundError(f"{key} {name_or_path!r}: no such folder (expected a local model folder or a hub name)")
+
+
 def resolve_folder(name_or_path: str) -> Path:
     """A local checkpoint folder, or a hub name fetched into the local cache (needs network and huggingface_hub)."""
+    check_source(name_or_path, "model.backbone.checkpoint")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
-    if path.exists() or name_or_path.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"checkpoint {name_or_path!r}: not a folder")
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"]))

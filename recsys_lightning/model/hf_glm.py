@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrai
 
 from recsys_lightning.data.tokenizer import GLMTokens, load_backbone_tokenizer
 from recsys_lightning.model.backbones import Backbone, DType, torch_dtype
+from recsys_lightning.model.checkpoints import check_source
 from recsys_lightning.model.glm import GLMOutput, KVCache
 from recsys_lightning.model.lora import LoRA, LoRADefaults, apply_lora, merge_adapter
 
@@ -107,6 +108,9 @@ class HFCausalLM(Backbone):
             raise ValueError(f"model.backbone.config: needs a 'model_type' (e.g. llama), got keys {sorted(config)}")
         if adapter and model is None:
             raise ValueError("model.backbone (HFCausalLM): an adapter needs the pretrained `model` it was trained on")
+        for key, source in (("model", model), ("tokenizer", tokenizer), ("adapter", adapter)):
+            if source is not None:
+                check_source(source, f"model.backbone.{key}")
         self.model = model
         self.config = dict(config) if config is not None else None
         self.tokenizer_path = tokenizer or model

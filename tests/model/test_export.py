@@ -94,6 +94,8 @@ def test_hf_llama_lora_export_round_trip(tmp_path, tiny_reviews):
     config = backbone_yaml(tmp_path, "recsys_lightning.model.hf_glm.HFCausalLM", model=str(tmp_path / "llama-base"),
                            max_block_positions=64)
     cli("fit", tmp_path, tiny_reviews, config, extra=("--model.lr", "0.05"))
+    # the backbone's tokenizer (not the checkpoint's string) decodes, and matches the checkpoint's fingerprint
+    cli("test", tmp_path, tiny_reviews, config, extra=("--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")))
     check_round_trip(tmp_path / "ckpt" / "last.ckpt", tmp_path / "export")
     assert (tmp_path / "export" / "adapter" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "export" / "adapter" / "block_position_embeddings.safetensors").is_file()

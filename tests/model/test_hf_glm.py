@@ -183,3 +183,5 @@ def test_constructor_errors_name_the_key():
         HFCausalLM(config={"hidden_size": 8})
     with pytest.raises(ValueError, match="adapter needs the pretrained"):
         HFCausalLM(config=HF_CONFIGS["llama"], adapter="x")
+    with pytest.raises(FileNotFoundError, match="model.backbone.model '/path/to/Qwen2.5-7B': no such folder"):
+        HFCausalLM(model="/path/to/Qwen2.5-7B")
