@@ -24,7 +24,7 @@ AttentionMask = torch.Tensor | BlockMask
 @functools.cache
 def compiled_flex_attention():
     """FlexAttention compiled once per process into its fused kernel."""
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, dropout: float) -> torch.Tensor:

@@ -70,7 +70,7 @@ class GLMModeLM(nn.Module):
         if logits_positions is not None:
             hidden = hidden[logits_positions]
         logits = hf.get_output_embeddings()(hidden)
-        presents = [(layer.keys, layer.values) for layer in cache.layers] if use_cache and cache is not None else None
+        presents = [(layer.keys, layer.values) for layer in cache.layers] if use_cache else None
         return GLMOutput(logits, presents)
 
 

@@ -88,9 +88,9 @@ def one_sample(tokens, tail, span):
     return collate_infill([infill(part_a, [Blank(len(part_a) - 2, span)], tokens)], tokens.pad)
 
 
-def write_pretrained(folder: Path, family: str = "llama") -> int:
+def write_pretrained(folder: Path, family: str = "llama", tied: bool = False) -> int:
     """A saved tiny 'pretrained' causal LM whose character-level tokenizer has no GLM tokens (only <s>, </s>,
-    <unk>), with an untied output layer; returns the base vocabulary size."""
+    <unk>), its output layer tied to the input embeddings or not; returns the base vocabulary size."""
     chars = sorted(set(string.printable) - set("\t\n\r\x0b\x0c"))
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -101,6 +101,6 @@ def write_pretrained(folder: Path, family: str = "llama") -> int:
     config = dict(HF_CONFIGS[family])
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), vocab_size=len(vocab),
-                                                                  tie_word_embeddings=False, **config))
+                                                                  tie_word_embeddings=tied, **config))
     model.save_pretrained(str(folder))
     return len(vocab)

@@ -129,8 +129,9 @@ def test_lora_targets_per_family(family, tokenizer, tokens):
         torch.testing.assert_close(forward(wrapped, batch), ref)
 
 
-def test_pretrained_folder_gets_glm_tokens_and_their_rows_train_under_lora(tmp_path):
-    base_vocab = write_pretrained(tmp_path / "llama")
+@pytest.mark.parametrize("tied", [False, True])
+def test_pretrained_folder_gets_glm_tokens_and_their_rows_train_under_lora(tmp_path, tied):
+    base_vocab = write_pretrained(tmp_path / "llama", tied=tied)
     backbone = HFCausalLM(model=str(tmp_path / "llama"))
     tokenizer = backbone.tokenizer()
     glm = GLMTokens.of(tokenizer)
@@ -157,7 +158,9 @@ def test_pretrained_folder_gets_glm_tokens_and_their_rows_train_under_lora(tmp_p
     changed_in = (after_in != before_in).any(1).nonzero().flatten().tolist()
     changed_out = (after_out != before_out).any(1).nonzero().flatten().tolist()
     assert set(changed_in) <= set(glm.all_ids) and glm.sop in changed_in  # only GLM rows move, as inputs...
-    assert set(changed_out) <= set(glm.all_ids) and glm.eop in changed_out  # ...and as outputs (untied head)
+    assert set(changed_out) <= set(glm.all_ids) and glm.eop in changed_out  # ...and as outputs
+    if tied:  # peft ties the output rows to the input rows: one set of values serves both
+        torch.testing.assert_close(after_in, after_out)
     assert not (tmp_path / "llama" / BLOCK_POSITIONS_FILE).exists()
 
 
