@@ -76,7 +76,8 @@ class RecDataModule(L.LightningDataModule):
             root: dataset folder; None uses the bundled Musical Instruments demo data.
             format: adapter that reads `root` (e.g. amazon_reviews).
             item_index: how items are written as text (sequential, random).
-            tokenizer: a tokenizer folder or hub name; None trains a BPE tokenizer on the dataset's text.
+            tokenizer: a tokenizer folder or hub name; None uses a pretrained backbone's own tokenizer, or trains a
+                BPE tokenizer on the dataset's text.
             vocab_size: vocabulary size of a locally trained tokenizer.
             max_length: longest Part A + Part B in tokens; longer prompts lose their oldest tokens.
             batch_size: training batch size.
@@ -124,12 +125,20 @@ class RecDataModule(L.LightningDataModule):
         root = Path(hp.root) if hp.root else DEMO_ROOT
         self.data = load_dataset(hp.format, root, hp.seed)
         self.index = build_index(hp.item_index, self.data, hp.seed)
+        if self.tokenizer is None and not hp.tokenizer:
+            self.tokenizer = self._backbone_tokenizer()
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(hp.tokenizer) if hp.tokenizer else train_tokenizer(
                 self._corpus(), hp.vocab_size)
         context = FamilyContext(self.data, self.index, self.tokenizer)
         for family in self.families:
             family.setup(context)
+
+    def _backbone_tokenizer(self) -> PreTrainedTokenizerBase | None:
+        """The tokenizer a pretrained backbone brings with it (None for random-init backbones or no trainer)."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        backbone = getattr(module, "backbone", None)
+        return backbone.tokenizer() if backbone is not None else None
 
     def _corpus(self) -> Iterator[str]:
         """Text a local tokenizer learns from: the dataset's words, item renderings and every template."""
