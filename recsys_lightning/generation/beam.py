@@ -56,12 +56,12 @@ def trie_beam_search(
     pool_scores = torch.full((b, top_k), NEG, device=device)
     pool_items = torch.full((b, top_k), -1, dtype=torch.long, device=device)
     batch = torch.arange(b, device=device)[:, None]
+    intra = torch.arange(1, trie.depth + 1, device=device)  # step d feeds Part B token d at intra-position d + 1
 
     for depth in range(trie.depth):
         width = tokens.shape[1]
         eye = torch.eye(width, dtype=torch.bool, device=device).expand(b, width, width)
-        logits, cache = part_a.decode(model, cache, tokens, torch.tensor(depth + 1, device=device),
-                                      torch.cat([seen, eye], 2))
+        logits, cache = part_a.decode(model, cache, tokens, intra[depth], torch.cat([seen, eye], 2))
         child_tok, child_row, item = trie.children(depth, rows)  # (B, W, C)
         fanout = child_tok.shape[2]
         cand = scores[..., None] + log_probs_of(logits, child_tok.clamp(min=0))

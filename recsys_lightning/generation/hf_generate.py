@@ -9,14 +9,13 @@ whole cache every step; that is what our search avoids.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from transformers import GenerationConfig, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from recsys_lightning.generation.blank import Model
-from recsys_lightning.generation.trie import ItemTrie
 from recsys_lightning.model.glm import KVCache
 
 
@@ -99,18 +98,19 @@ class GLMForGenerate(PreTrainedModel, GenerationMixin):
 
 
 class DictTrie:
-    """The item Trie as nested dicts, walked in Python from the root per call (as P5's `prefix_allowed_tokens_fn`)."""
+    """The item Trie as nested dicts, walked in Python from the root per call (as P5's `prefix_allowed_tokens_fn`).
 
-    def __init__(self, trie: ItemTrie) -> None:
-        self.end_token = trie.end_token
+    Built from the same item token sequences as the `ItemTrie`; a leaf (after the end token) holds the item.
+    """
+
+    def __init__(self, sequences: Sequence[Sequence[int]], end_token: int) -> None:
+        self.end_token = end_token
         self.root: dict[int, Any] = {}
-        for item, seq in enumerate(trie.item_tokens.tolist()):
+        for item, seq in enumerate(sequences):
             node = self.root
             for tok in seq:
-                if tok < 0:
-                    break
                 node = node.setdefault(tok, {})
-            node[self.end_token] = item
+            node[end_token] = item
 
     def allowed(self, prefix: list[int]) -> list[int]:
         """Tokens that may follow `prefix`; the end token alone once the prefix has left the Trie."""

@@ -37,18 +37,18 @@ def test_wrapper_keeps_the_weights_and_scores_like_a_full_forward(tokenizer, tok
 def test_our_search_returns_what_hf_generate_returns(tokenizer, tokens, seed, beam, top_k):
     """Beams narrower than the catalog: the same items in the same order as `generate` over the same Trie."""
     model = make_glm(len(tokenizer), seed=seed, init_std=0.2 if seed else 0.02)
-    trie = ItemTrie(random_catalog(150, seed=seed, low=20, high=30, max_len=4), tokens.eop)
+    items = random_catalog(150, seed=seed, low=20, high=30, max_len=4)
+    trie = ItemTrie(items, tokens.eop)
     _, batch = part_a_batch(tokens)
     ours, _ = trie_beam_search(model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie, tokens.sop,
                                beam, top_k)
-    hf = hf_trie_beam_search(GLMForGenerate(model, len(tokenizer)), DictTrie(trie), trie.depth, batch["input_ids"],
+    hf = hf_trie_beam_search(GLMForGenerate(model, len(tokenizer)), DictTrie(items, tokens.eop), trie.depth, batch["input_ids"],
                              batch["lengths"], batch["mask_index"], tokens.sop, tokens.pad, beam, top_k)
     assert ours.tolist() == hf.tolist()
 
 
 def test_dict_trie_walks_the_same_items():
-    trie = ItemTrie([[1, 2], [1, 3], [1, 2, 4]], end_token=9)
-    walk = DictTrie(trie)
+    walk = DictTrie([[1, 2], [1, 3], [1, 2, 4]], end_token=9)
     assert sorted(walk.allowed([])) == [1] and sorted(walk.allowed([1, 2])) == [4, 9]
     assert walk.item([1, 2, 9]) == 0 and walk.item([1, 2, 4, 9]) == 2 and walk.item([1, 9]) == -1
     assert walk.allowed([5]) == [9]
