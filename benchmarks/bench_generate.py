@@ -25,6 +25,7 @@ import transformers
 
 from recsys_lightning.generation.beam import trie_beam_search
 from recsys_lightning.generation.hf_generate import DictTrie, GLMForGenerate, hf_trie_beam_search
+from recsys_lightning.generation.scoring import score_candidates
 from recsys_lightning.generation.trie import ItemTrie
 from recsys_lightning.model.glm import GLMConfig, GLMModel
 
@@ -124,9 +125,67 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (0: torch's default). 1 by default: on a shared machine a second OpenMP "
+                        "thread stalls every op whenever another process holds its core, which swamps the timings")
+    p.add_argument("--candidates", type=int, default=100,
+                   help="also time exact scoring of this many random candidates per user (direct recommendation)")
     p.add_argument("--profile", action="store_true", help="print torch.profiler tables for one batch of each")
     return p.parse_args()
+
+
+class Decoders:
+    """The same network behind three timed jobs on a batch: our search, HF `generate`, candidate scoring."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, dtype: torch.dtype, items: int) -> None:
+        sizes = dict(PRESETS[args.model])
+        torch.manual_seed(args.seed)
+        glm = GLMModel(GLMConfig(max_sequence_length=512, hidden_dropout=0.0, attention_dropout=0.0, **sizes))
+        self.glm = glm.eval().to(device=device, dtype=dtype)
+        self.hf_model = GLMForGenerate(self.glm, sizes["vocab_size"]).eval()
+        sequences = [digits(i) for i in range(1, items + 1)]  # item index i-1 is S3-Rec id i
+        self.trie = ItemTrie(sequences, EOP).to(device)
+        self.dict_trie = DictTrie(sequences, EOP)
+        self.args = args
+        self.picks = torch.Generator().manual_seed(args.seed)
+
+    def ours(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return trie_beam_search(self.glm, b["input_ids"], b["lengths"], b["mask_index"], self.trie, SOP,
+                                self.args.beam, self.args.top_k)[0]
+
+    def hf(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return hf_trie_beam_search(self.hf_model, self.dict_trie, self.trie.depth, b["input_ids"], b["lengths"],
+                                   b["mask_index"], SOP, PAD, self.args.beam, self.args.top_k)
+
+    def score(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Exact log-likelihoods of `--candidates` random items per user."""
+        shape = (len(b["input_ids"]), self.args.candidates)
+        picks = torch.randint(self.trie.num_items, shape, generator=self.picks).to(b["input_ids"].device)
+        return score_candidates(self.glm, b["input_ids"], b["lengths"], b["mask_index"], self.trie.item_tokens[picks],
+                                SOP, EOP)
+
+
+def race(dec: Decoders, data: list[dict[str, torch.Tensor]], repeats: int, device: torch.device
+         ) -> tuple[list[float], list[float], torch.Tensor, torch.Tensor]:
+    """Seconds per repeat of ours and of HF, and their top-k items; batches alternate between the two so
+    load from other processes hits both alike."""
+    ours_times, hf_times = [0.0] * repeats, [0.0] * repeats
+    for r in range(repeats):
+        ours, hf = [], []
+        for b in data:
+            t, items = timed(lambda: dec.ours(b), device)
+            ours_times[r] += t
+            ours.append(items.cpu())
+            t, items = timed(lambda: dec.hf(b), device)
+            hf_times[r] += t
+            hf.append(items.cpu())
+    return ours_times, hf_times, torch.cat(ours), torch.cat(hf)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
 def main() -> None:
@@ -136,46 +195,18 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    sizes = dict(PRESETS[args.model])
-    torch.manual_seed(args.seed)
-    glm = GLMModel(GLMConfig(max_sequence_length=512, hidden_dropout=0.0, attention_dropout=0.0, **sizes))
-    glm = glm.eval().to(device=device, dtype=dtype)
-    hf_model = GLMForGenerate(glm, sizes["vocab_size"]).eval()
-
-    sequences = [digits(i) for i in range(1, num_items(args.data) + 1)]  # item index i-1 is S3-Rec id i
-    trie = ItemTrie(sequences, EOP).to(device)
-    dict_trie = DictTrie(sequences, EOP)
+    dec = Decoders(args, device, {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype], num_items(args.data))
     data = batches(load_users(args.data, args.users, args.history), args.batch_size, device)
-
-    def ours_batch(b: dict[str, torch.Tensor]) -> torch.Tensor:
-        return trie_beam_search(glm, b["input_ids"], b["lengths"], b["mask_index"], trie, SOP, args.beam,
-                                args.top_k)[0]
-
-    def hf_batch(b: dict[str, torch.Tensor]) -> torch.Tensor:
-        return hf_trie_beam_search(hf_model, dict_trie, trie.depth, b["input_ids"], b["lengths"], b["mask_index"],
-                                   SOP, PAD, args.beam, args.top_k)
-
-    ours_batch(data[0]), hf_batch(data[0])  # warm-up
+    dec.ours(data[0]), dec.hf(data[0]), dec.score(data[0])  # warm-up
     if args.profile:
-        profile("ours", lambda: ours_batch(data[0]), device, 18)
-        profile("hf generate", lambda: hf_batch(data[0]), device, 18)
-    # Batches alternate between the two decoders, so load from other processes hits both alike.
-    ours_times, hf_times = [0.0] * args.repeats, [0.0] * args.repeats
-    for r in range(args.repeats):
-        ours, hf = [], []
-        for b in data:
-            t, items = timed(lambda: ours_batch(b), device)
-            ours_times[r] += t
-            ours.append(items.cpu())
-            t, items = timed(lambda: hf_batch(b), device)
-            hf_times[r] += t
-            hf.append(items.cpu())
-    ours_items, hf_items = torch.cat(ours), torch.cat(hf)
+        profile("ours", lambda: dec.ours(data[0]), device, 18)
+        profile("hf generate", lambda: dec.hf(data[0]), device, 18)
+    ours_times, hf_times, ours_items, hf_items = race(dec, data, args.repeats, device)
+    t_score = statistics.median(sum(timed(lambda: dec.score(b), device)[0] for b in data) for _ in range(args.repeats))
     same = (ours_items == hf_items).all(1)
     users = len(ours_items)
     t_ours, t_hf = statistics.median(ours_times), statistics.median(hf_times)
-    result = {
+    print(json.dumps({
         "speedup_vs_hf_generate": round(statistics.median(h / o for h, o in zip(hf_times, ours_times)), 2),
         "speedup_per_repeat": [round(h / o, 2) for h, o in zip(hf_times, ours_times)],
         "identical_topk": bool(same.all()),
@@ -185,20 +216,20 @@ def main() -> None:
         "hf_users_per_s": round(users / t_hf, 1),
         "ours_ms_per_user": round(1000 * t_ours / users, 3),
         "hf_ms_per_user": round(1000 * t_hf / users, 3),
+        "candidates_per_user": args.candidates,
+        "scoring_users_per_s": round(users / t_score, 1),
         "beam": args.beam,
         "top_k": args.top_k,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
-        "items_in_trie": trie.num_items,
+        "items_in_trie": dec.trie.num_items,
         "model": args.model,
-        "model_parameters": sum(p.numel() for p in glm.parameters()),
+        "model_parameters": sum(p.numel() for p in dec.glm.parameters()),
         "dtype": args.dtype,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-        else f"cpu {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads",
+        "device": device_name(device),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-    }
-    print(json.dumps(result))
+    }))
 
 
 if __name__ == "__main__":

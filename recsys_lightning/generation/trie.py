@@ -12,6 +12,17 @@ from typing import Sequence
 import torch
 
 
+def _padded(rows: Sequence[Sequence[tuple[int, ...]]], fields: int) -> torch.Tensor:
+    """Ragged rows of `fields`-tuples -> (fields, len(rows), widest row) long, -1 padded, in one scatter."""
+    width = max(len(row) for row in rows)
+    out = torch.full((fields, len(rows), width), -1, dtype=torch.long)
+    flat = [entry for row in rows for entry in row]
+    row_idx = [r for r, row in enumerate(rows) for _ in row]
+    col_idx = [c for row in rows for c in range(len(row))]
+    out[:, row_idx, col_idx] = torch.tensor(flat, dtype=torch.long).T
+    return out
+
+
 class ItemTrie:
     """Every item's token sequence, ending with the end token (<|endofpiece|>), as per-depth child tables.
 
@@ -33,20 +44,13 @@ class ItemTrie:
         self.end_token = end_token
         self.num_items = len(sequences)
         self.depth = max(len(s) for s in sequences) + 1
-        levels = self._levels(sequences, end_token)
         self.tokens, self.nodes, self.items = [], [], []
-        for level in levels:
-            width = max(len(children) for children in level)
-            tables = torch.full((3, len(level), width), -1, dtype=torch.long)
-            for row, children in enumerate(level):
-                if children:
-                    tables[:, row, : len(children)] = torch.tensor(children, dtype=torch.long).T
+        for level in self._levels(sequences, end_token):
+            tables = _padded(level, 3)
             self.tokens.append(tables[0])
             self.nodes.append(tables[1])
             self.items.append(tables[2])
-        self.item_tokens = torch.full((self.num_items, self.depth - 1), -1, dtype=torch.long)
-        for item, seq in enumerate(sequences):
-            self.item_tokens[item, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+        self.item_tokens = _padded([[(t,) for t in seq] for seq in sequences], 1)[0]
 
     @staticmethod
     def _levels(sequences: Sequence[Sequence[int]], end_token: int) -> list[list[list[tuple[int, int, int]]]]:
