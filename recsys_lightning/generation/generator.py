@@ -16,7 +16,7 @@ from recsys_lightning.generation.trie import ItemTrie
 class Generator:
     """Decodes batches of Part A prompts (`input_ids`, `lengths`, `mask_index`) with the model."""
 
-    def __init__(self, model: Model, tokens: GLMTokens, beam_size: int, score_chunk: int = 32) -> None:
+    def __init__(self, model: Model, tokens: GLMTokens, beam_size: int, score_chunk: int = 16) -> None:
         self.model = model
         self.tokens = tokens
         self.beam_size = beam_size

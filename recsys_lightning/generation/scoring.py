@@ -1,7 +1,7 @@
 """Exact log-likelihoods of given blank fillings: candidate items (direct recommendation) and yes/no answers.
 
-Part A is encoded once per request; every candidate `<|startofpiece|> span` becomes a causal block of query
-tokens in the same row (see `blank.py`), several candidates per model call, so no cache is copied per
+Part A and `<|startofpiece|>` are encoded once per request; every candidate span becomes a causal block of
+query tokens in the same row (see `blank.py`), several candidates per model call, so no cache is copied per
 candidate. A candidate's score is log p(span, <|endofpiece|> | Part A), the quantity beam search ranks by.
 """
 
@@ -44,27 +44,35 @@ def score_candidates(
     candidates: torch.Tensor,
     sop: int,
     eop: int,
-    chunk: int = 32,
+    chunk: int = 16,
 ) -> torch.Tensor:
     """log p(candidate span, <|endofpiece|> | Part A) for candidates (B, N, L) (-1 padded) -> (B, N) float32.
 
-    `chunk` candidates share one model call (their Part B blocks side by side after the Part A cache).
+    `<|startofpiece|>` is the same for every candidate, so it is run once per request and its key shared;
+    then `chunk` candidates' span tokens (intra-positions 2, 3, ...) share one model call.
     """
     b, n, span = candidates.shape
     if (candidates[..., 0] < 0).any():
         raise ValueError("every candidate needs at least one token (found an all-padding row)")
+    device = candidates.device
     part_a = PartA.encode(model, input_ids, lengths, mask_index)
+    sop_ids = torch.full((b, 1), sop, dtype=torch.long, device=device)
+    sop_logits, cache = part_a.decode(model, None, sop_ids, torch.tensor(1, device=device),
+                                      torch.ones(b, 1, 1, dtype=torch.bool, device=device))
+    first = log_probs_of(sop_logits, candidates[:, None, :, 0])[:, 0]  # (B, N): log p(t1 | Part A, sop)
+    # Token j of a span predicts token j + 1, the last real one predicts <|endofpiece|>, padding predicts nothing.
     length = (candidates >= 0).sum(-1, keepdim=True)
-    padded = torch.cat([candidates, candidates.new_full((b, n, 1), -1)], 2)
-    targets = torch.where(torch.arange(span + 1, device=candidates.device) == length, eop, padded)
-    inputs = torch.cat([candidates.new_full((b, n, 1), sop), candidates.clamp(min=0)], 2)
-    intra = torch.arange(1, span + 2, device=candidates.device)
+    shifted = torch.cat([candidates[..., 1:], candidates.new_full((b, n, 1), -1)], 2)
+    targets = torch.where(torch.arange(1, span + 1, device=device) == length, eop, shifted)
+    intra = torch.arange(2, span + 2, device=device)
     scores = []
     for start in range(0, n, chunk):
         c = min(chunk, n - start)
-        visible = _block_causal(span + 1, c, candidates.device).expand(b, -1, -1)
-        logits, _ = part_a.decode(model, None, inputs[:, start:start + c].reshape(b, -1), intra.repeat(c), visible)
+        visible = torch.cat([torch.ones(c * span, 1, dtype=torch.bool, device=device),
+                             _block_causal(span, c, device)], 1).expand(b, -1, -1)
+        inputs = candidates[:, start:start + c].clamp(min=0).reshape(b, -1)
+        logits, _ = part_a.decode(model, cache, inputs, intra.repeat(c), visible)
         tgt = targets[:, start:start + c].reshape(b, -1)
         logp = log_probs_of(logits, tgt.clamp(min=0)[..., None])[..., 0].masked_fill(tgt < 0, 0.0)
-        scores.append(logp.view(b, c, span + 1).sum(-1))
-    return torch.cat(scores, 1)
+        scores.append(logp.view(b, c, span).sum(-1))
+    return first + torch.cat(scores, 1)
