@@ -42,7 +42,7 @@ class PartA:
 
     def decode(self, model: Model, cache: KVCache | None, tokens: torch.Tensor, intra: torch.Tensor,
                visible: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
-        """Logits (B, Q, V) of Part B query tokens (B, Q) at intra-positions `intra` (Q,) and the grown cache.
+        """Logits (B, Q, V) of Part B query tokens (B, Q) at intra-positions `intra` ((Q,) or one) and the grown cache.
 
         `cache` is this Part A's cache extended by earlier Part B blocks (None: Part A alone); `visible`
         (B, Q, P + Q) says which of those P earlier Part B keys and which of the Q new tokens each query sees.

@@ -58,14 +58,17 @@ class GLMForGenerate(PreTrainedModel, GenerationMixin):
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # the GLM keeps its own (key, value) list; `generate` reorders it via `_reorder_cache`
+        """No `DynamicCache`: the GLM keeps its own (key, value) list, which `_reorder_cache` reorders."""
+        return False
 
     def _reorder_cache(self, cache: PromptCache, beam_idx: torch.Tensor) -> PromptCache:
+        """Called by beam search after each step with the surviving beams' rows."""
         return cache.select(beam_idx)
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, cache: PromptCache | None = None,
                                       attention_mask: torch.Tensor | None = None,
                                       mask_position: torch.Tensor | None = None, **kwargs: Any) -> dict[str, Any]:
+        """The whole prompt on the first call, then only the newest token (the rest is in the cache)."""
         if cache is not None:
             input_ids = input_ids[:, -1:]
         return {"input_ids": input_ids, "cache": cache, "attention_mask": attention_mask,

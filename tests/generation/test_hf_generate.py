@@ -42,8 +42,9 @@ def test_our_search_returns_what_hf_generate_returns(tokenizer, tokens, seed, be
     _, batch = part_a_batch(tokens)
     ours, _ = trie_beam_search(model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie, tokens.sop,
                                beam, top_k)
-    hf = hf_trie_beam_search(GLMForGenerate(model, len(tokenizer)), DictTrie(items, tokens.eop), trie.depth, batch["input_ids"],
-                             batch["lengths"], batch["mask_index"], tokens.sop, tokens.pad, beam, top_k)
+    hf = hf_trie_beam_search(GLMForGenerate(model, len(tokenizer)), DictTrie(items, tokens.eop), trie.depth,
+                             batch["input_ids"], batch["lengths"], batch["mask_index"], tokens.sop, tokens.pad, beam,
+                             top_k)
     assert ours.tolist() == hf.tolist()
 
 
