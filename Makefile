@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean bench bench-generate
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ demo: install
 
 test: install
 	$(BIN)/pytest -q
+
+# Trie-constrained top-k decoding on Beauty: our beam search vs Hugging Face generate (same model, same users).
+bench-generate: install
+	$(BIN)/python benchmarks/bench_generate.py $(BENCH_GENERATE_ARGS)
+
+# Every benchmark; each prints one JSON object as its last line.
+bench: bench-generate
 
 clean:
 	rm -rf $(VENV) runs .cache

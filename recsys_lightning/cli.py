@@ -1,4 +1,4 @@
-"""`recsys-lightning`: a LightningCLI (fit, validate, test, predict) plus the `tasks` listing and `prepare`."""
+"""`recsys-lightning`: a LightningCLI (fit, validate, test, predict) plus `tasks`, `prepare` and `export`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from recsys_lightning.callbacks import PredictionWriter, ResultsWriter
 from recsys_lightning.data.datamodule import RecDataModule
 from recsys_lightning.data.prepare import prepare
 from recsys_lightning.data.tokenizer import wrap_tokenizer
+from recsys_lightning.model.export import export
 from recsys_lightning.module import RecSysLLM
 from recsys_lightning.registry import discover
 
@@ -46,7 +47,7 @@ class RecSysCLI(LightningCLI):
         if self.subcommand == "test":
             config["verbose"] = False  # ResultsWriter prints one table, seen and unseen side by side
         ckpt = config.get("ckpt_path")
-        if ckpt and Path(ckpt).is_file():
+        if ckpt and Path(ckpt).is_file() and self.model.backbone.tokenizer() is None:
             saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("tokenizer")
             if isinstance(saved, str) and saved.startswith("{"):
                 self.datamodule.use_tokenizer(wrap_tokenizer(Tokenizer.from_str(saved)))
@@ -69,6 +70,16 @@ def list_tasks(argv: Sequence[str]) -> None:
     Console(width=200).print(table)
 
 
+def export_checkpoint(argv: Sequence[str]) -> None:
+    """Export a fit checkpoint: merged safetensors + tokenizer + backbone.yaml, and the LoRA adapter alone."""
+    parser = argparse.ArgumentParser(prog="recsys-lightning export", description=export_checkpoint.__doc__)
+    parser.add_argument("--ckpt_path", required=True, type=Path, help="a checkpoint written by `fit`")
+    parser.add_argument("--out", required=True, type=Path, help="a new (or empty) folder to write")
+    args = parser.parse_args(argv)
+    for folder in export(args.ckpt_path, args.out):
+        print(f"wrote {folder} (reload: --config {folder / 'backbone.yaml'})")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "tasks":
@@ -76,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args and args[0] == "prepare":
         prepare(args[1:])
+        return
+    if args and args[0] == "export":
+        export_checkpoint(args[1:])
         return
     datasets.disable_progress_bars()
     RecSysCLI(

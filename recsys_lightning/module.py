@@ -15,8 +15,8 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 from recsys_lightning.data.tokenizer import GLMTokens
 from recsys_lightning.generation.generator import Generator
 from recsys_lightning.model.backbones import Backbone, NativeGLM
-from recsys_lightning.model.layout import IGNORE, blank_infilling_mask
-from recsys_lightning.model.lora import LoRA, apply_lora
+from recsys_lightning.model.layout import IGNORE
+from recsys_lightning.model.lora import LoRA
 
 STAGE_PREFIX = {"fit": "val", "validate": "val", "test": "test", "predict": "predict"}
 
@@ -77,13 +77,13 @@ class RecSysLLM(L.LightningModule):
             return
         network = self.backbone.build(self.tokenizer)
         if self.lora is not None:
-            network = apply_lora(network, self.lora, self.backbone.lora_targets)
+            network = self.backbone.add_lora(network, self.lora, self.tokenizer)
         self.network = network
 
     # --- training ------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of the labelled (Part B) positions, flattened to (N, vocab)."""
-        mask = blank_infilling_mask(batch["segment_ids"], batch["part_a"])
+        mask = self.backbone.infilling_mask(batch["segment_ids"], batch["part_a"])
         return self.network(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask,
                             logits_positions=batch["labels"] != IGNORE).logits
 

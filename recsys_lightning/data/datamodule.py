@@ -81,7 +81,8 @@ class RecDataModule(L.LightningDataModule):
             root: dataset folder; None uses the bundled Musical Instruments demo data.
             format: adapter that reads `root` (amazon_reviews, s3rec, movielens, restaurant).
             item_index: how items are written as text (sequential, random, title, atomic, p5).
-            tokenizer: a tokenizer folder or hub name; None trains a BPE tokenizer on the dataset's text.
+            tokenizer: a tokenizer folder or hub name; None uses a pretrained backbone's own tokenizer, or trains a
+                BPE tokenizer on the dataset's text.
             vocab_size: vocabulary size of a locally trained tokenizer.
             max_length: longest Part A + Part B in tokens; longer prompts lose their oldest tokens.
             batch_size: training batch size.
@@ -134,6 +135,8 @@ class RecDataModule(L.LightningDataModule):
         root = Path(hp.root) if hp.root else DEMO_ROOT
         self.data = with_templates(load_dataset(hp.format, root, hp.seed), hp.textualize)
         self.index = build_index(hp.item_index, self.data, hp.seed)
+        if self.tokenizer is None and not hp.tokenizer:
+            self.tokenizer = self._backbone_tokenizer()
         if hp.cache_dir:
             self.cache = ExampleCache.open(hp.cache_dir, self.data.name, self._cache_key(root))
         if self.tokenizer is None:
@@ -162,6 +165,12 @@ class RecDataModule(L.LightningDataModule):
             tokenizer.add_tokens(list(self.index.new_tokens))
             return tokenizer
         return self.cache.tokenizer(train) if self.cache is not None else train()
+
+    def _backbone_tokenizer(self) -> PreTrainedTokenizerBase | None:
+        """The tokenizer a pretrained backbone brings with it (None for random-init backbones or no trainer)."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        backbone = getattr(module, "backbone", None)
+        return backbone.tokenizer() if backbone is not None else None
 
     def _corpus(self) -> Iterator[str]:
         """Text a local tokenizer learns from: the dataset's words, item renderings and descriptions, templates."""

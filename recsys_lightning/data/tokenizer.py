@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import (AutoTokenizer, BertTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase,
+                          PreTrainedTokenizerFast)
 
 PAD, UNK, CLS, EOS = "[PAD]", "[UNK]", "[CLS]", "<|endoftext|>"
 MASK, SMASK, GMASK, SOP, EOP = "[MASK]", "[sMASK]", "[gMASK]", "<|startofpiece|>", "<|endofpiece|>"
+SEP = "[SEP]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, EOS, MASK, SMASK, GMASK, SOP, EOP)
+# THUDM GLM appends its command tokens to a base vocabulary in this order (GPT-2 BPE: 50257..50264;
+# WordPiece already holds [CLS], [MASK], [SEP], [UNK]); adding the missing ones in the same order keeps their ids.
+GLM_COMMAND_TOKENS = (SOP, EOP, CLS, MASK, SEP, UNK, GMASK, SMASK)
+GLM_BLANK_TOKENS = (SOP, EOP, GMASK, SMASK)  # always present, whatever tokens fill the other roles
 
 
 @dataclass(frozen=True)
 class GLMTokens:
-    """Ids of the tokens the blank-infilling layout needs, resolved once from a tokenizer."""
+    """Ids of the tokens the blank-infilling layout needs, resolved once from a tokenizer's roles."""
 
     pad: int
     cls: int
@@ -24,15 +31,24 @@ class GLMTokens:
     sop: int
     eop: int
     masks: frozenset[int]
+    mask: int  # [MASK], the span blank (masks also holds [sMASK] and [gMASK] when present)
 
     @classmethod
     def of(cls, tokenizer: PreTrainedTokenizerBase) -> GLMTokens:
         vocab = tokenizer.get_vocab()
-        missing = [t for t in (PAD, CLS, EOS, MASK, SOP, EOP) if t not in vocab]
+        roles = {"pad_token": tokenizer.pad_token, "cls_token": tokenizer.cls_token, "eos_token": tokenizer.eos_token,
+                 "mask_token": MASK, "sop": SOP, "eop": EOP}
+        missing = [f"{role}={token!r}" for role, token in roles.items() if token is None or token not in vocab]
         if missing:
-            raise ValueError(f"tokenizer {tokenizer.name_or_path!r} lacks GLM special tokens {missing}")
-        return cls(vocab[PAD], vocab[CLS], vocab[EOS], vocab[SOP], vocab[EOP],
-                   frozenset(vocab[t] for t in (MASK, SMASK, GMASK) if t in vocab))
+            raise ValueError(f"tokenizer {tokenizer.name_or_path!r} lacks GLM special tokens {missing}; "
+                             "load it with load_backbone_tokenizer, which adds them")
+        return cls(vocab[roles["pad_token"]], vocab[roles["cls_token"]], vocab[roles["eos_token"]], vocab[SOP],
+                   vocab[EOP], frozenset(vocab[t] for t in (MASK, SMASK, GMASK) if t in vocab), vocab[MASK])
+
+    @property
+    def all_ids(self) -> list[int]:
+        """Every id the layout writes itself: rows a pretrained backbone must learn when they are new."""
+        return sorted({self.pad, self.cls, self.eos, self.sop, self.eop, *self.masks})
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -57,5 +73,70 @@ def wrap_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A saved tokenizer (ours, or a backbone's) from a local folder or hub name."""
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    GLMTokens.of(tokenizer)
+    return tokenizer
+
+
+def needs_remote_code(folder: Path) -> bool:
+    """True when the folder's tokenizer_config.json maps its tokenizer to the folder's own code (`auto_map`)."""
+    config_file = folder / "tokenizer_config.json"
+    if not config_file.is_file():
+        return False
+    try:
+        return "auto_map" in json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_file}: not valid JSON ({err})") from None
+
+
+def tokenizer_from_files(folder: Path) -> PreTrainedTokenizerBase:
+    """A fast tokenizer built from the vocabulary files present, without the folder's own (remote) code.
+
+    tokenizer.json loads as is; GPT-2 BPE (vocab.json + merges.txt, glm-10b) and WordPiece (vocab.txt, glm-large)
+    use transformers' GPT-2 and BERT tokenizers, which also read added_tokens.json and the special-token maps.
+    """
+    if (folder / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        return GPT2Tokenizer.from_pretrained(str(folder))
+    if (folder / "vocab.txt").is_file():
+        return BertTokenizer.from_pretrained(str(folder))
+    raise FileNotFoundError(f"{folder}: no tokenizer.json, vocab.json + merges.txt or vocab.txt to build a tokenizer "
+                            "from; set trust_remote_code if the folder's own tokenizer code is needed")
+
+
+def add_glm_tokens(tokenizer: PreTrainedTokenizerBase, order: tuple[str, ...] = GLM_BLANK_TOKENS) -> list[int]:
+    """Give `tokenizer` every role and token the blank-infilling layout uses; return the ids it had to add.
+
+    Roles reuse existing tokens first (cls <- [CLS] when present or ordered, else bos; eos <- sep; pad <- eos). Missing tokens are appended:
+    those of `order` in that order (THUDM's command-token order gives a GLM vocabulary GLM's ids), then any role
+    token still missing.
+    """
+    vocab = tokenizer.get_vocab()
+    eos = tokenizer.eos_token or tokenizer.sep_token or EOS
+    roles = {"eos_token": eos, "pad_token": tokenizer.pad_token or eos, "mask_token": tokenizer.mask_token or MASK,
+             "cls_token": tokenizer.cls_token or (CLS if CLS in vocab or CLS in order else tokenizer.bos_token) or CLS}
+    ordered = [*order, *sorted(set(roles.values()) - set(order))]
+    missing = [t for t in ordered if t not in vocab]
+    before = len(tokenizer)
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    for role, token in roles.items():
+        setattr(tokenizer, role, token)
+    return list(range(before, len(tokenizer)))
+
+
+def load_backbone_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A pretrained backbone's tokenizer (local folder or hub name) with GLM's special tokens added when missing.
+
+    A folder whose tokenizer is remote code (THUDM's GLM ports) is read from its vocabulary files unless
+    `trust_remote_code` is set.
+    """
+    folder = Path(path)
+    if folder.is_dir() and not trust_remote_code and needs_remote_code(folder):
+        tokenizer = tokenizer_from_files(folder)
+        add_glm_tokens(tokenizer, GLM_COMMAND_TOKENS)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        add_glm_tokens(tokenizer, GLM_BLANK_TOKENS)
     GLMTokens.of(tokenizer)
     return tokenizer

@@ -2,25 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from recsys_lightning.data.tokenizer import GLMTokens
-from recsys_lightning.generation.beam import Model, trie_beam_search
+from recsys_lightning.generation.beam import trie_beam_search
+from recsys_lightning.generation.blank import Model
+from recsys_lightning.generation.scoring import pad_candidates, score_candidates
 from recsys_lightning.generation.trie import ItemTrie
 
 
 class Generator:
     """Decodes batches of Part A prompts (`input_ids`, `lengths`, `mask_index`) with the model."""
 
-    def __init__(self, model: Model, tokens: GLMTokens, beam_size: int) -> None:
+    def __init__(self, model: Model, tokens: GLMTokens, beam_size: int, score_chunk: int = 16) -> None:
         self.model = model
         self.tokens = tokens
         self.beam_size = beam_size
+        self.score_chunk = score_chunk
 
     def rank_items(self, batch: dict[str, Any], trie: ItemTrie, top_k: int,
                    exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The top-k items of the Trie for each prompt, best first, with their log-likelihoods."""
         return trie_beam_search(self.model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie,
                                 self.tokens.sop, max(self.beam_size, top_k), top_k, exclude)
+
+    def score_candidates(self, batch: dict[str, Any], candidates: torch.Tensor) -> torch.Tensor:
+        """log p(candidate, <|endofpiece|> | prompt) (B, N) of candidate token sequences (B, N, L), -1 padded.
+
+        `ItemTrie.item_tokens[item_ids]` turns candidate item ids (B, N) into such sequences.
+        """
+        return score_candidates(self.model, batch["input_ids"], batch["lengths"], batch["mask_index"],
+                                candidates.to(batch["input_ids"].device), self.tokens.sop, self.tokens.eop,
+                                self.score_chunk)
+
+    def yes_no(self, batch: dict[str, Any], yes_ids: Sequence[int], no_ids: Sequence[int]) -> torch.Tensor:
+        """(B, 2) log-likelihoods of the answers "yes" and "no" in each prompt's blank; softmax gives p(yes)."""
+        pair = pad_candidates([[yes_ids, no_ids]]).expand(len(batch["input_ids"]), -1, -1)
+        return self.score_candidates(batch, pair)

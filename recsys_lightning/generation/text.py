@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from recsys_lightning.generation.beam import Model, encode_part_a
+from recsys_lightning.generation.blank import Model, PartA
 
 
 @torch.no_grad()
@@ -12,20 +12,16 @@ def greedy_infill(model: Model, input_ids: torch.Tensor, lengths: torch.Tensor, 
                   sop: int, eop: int, max_new_tokens: int) -> list[list[int]]:
     """The most likely token at each step until <|endofpiece|> (not included) or `max_new_tokens`."""
     device = input_ids.device
-    b, part_a_len = input_ids.shape
-    past = encode_part_a(model, input_ids, lengths)
-    key_valid = torch.arange(part_a_len, device=device)[None, :] < lengths[:, None]
+    b = input_ids.shape[0]
+    part_a = PartA.encode(model, input_ids, lengths, mask_index)
+    cache = None
     tokens = torch.full((b, 1), sop, dtype=torch.long, device=device)
-    inter = mask_index[:, None]
     out = torch.full((b, max_new_tokens), eop, dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
-        position_ids = torch.stack([inter, torch.full_like(inter, step + 1)], dim=1)
-        mask = torch.cat([key_valid, torch.ones(b, step + 1, dtype=torch.bool, device=device)], dim=1)
-        result = model(input_ids=tokens, position_ids=position_ids, attention_mask=mask[:, None, None, :],
-                       past_key_values=past, use_cache=True)
-        past = result.past_key_values
-        tokens = result.logits[:, -1].argmax(-1, keepdim=True)
+        visible = torch.ones(b, 1, step + 1, dtype=torch.bool, device=device)
+        logits, cache = part_a.decode(model, cache, tokens, torch.tensor([step + 1], device=device), visible)
+        tokens = logits[:, -1].argmax(-1, keepdim=True)
         out[:, step] = torch.where(done, eop, tokens[:, 0])
         done |= tokens[:, 0] == eop
         if done.all():

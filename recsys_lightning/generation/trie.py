@@ -1,4 +1,9 @@
-"""A Trie of valid item token sequences stored as tensors, so allowed continuations are a gather, not a Python loop."""
+"""A Trie of valid item token sequences stored as per-depth tensors, so allowed continuations are a gather.
+
+Beam search advances every beam one token per step, so at step d all beams sit at depth d of the Trie. Each
+depth therefore gets its own table, padded only to the widest node of that depth: a catalog whose first
+tokens are thousands of distinct words costs one wide root row, not a width of thousands for every node.
+"""
 
 from __future__ import annotations
 
@@ -7,46 +12,73 @@ from typing import Sequence
 import torch
 
 
-class ItemTrie:
-    """Every item's token sequence (ending with <|endofpiece|>) as an automaton over padded child tables.
+def _padded(rows: Sequence[Sequence[tuple[int, ...]]], fields: int) -> torch.Tensor:
+    """Ragged rows of `fields`-tuples -> (fields, len(rows), widest row) long, -1 padded, in one scatter."""
+    width = max(len(row) for row in rows)
+    out = torch.full((fields, len(rows), width), -1, dtype=torch.long)
+    flat = [entry for row in rows for entry in row]
+    row_idx = [r for r, row in enumerate(rows) for _ in row]
+    col_idx = [c for row in rows for c in range(len(row))]
+    out[:, row_idx, col_idx] = torch.tensor(flat, dtype=torch.long).T
+    return out
 
-    Node 0 is the root. `child_token[n, c]` / `child_node[n, c]` list node n's children (-1 padding);
-    `leaf_item[n]` is the item whose sequence ends at node n, else -1.
+
+class ItemTrie:
+    """Every item's token sequence, ending with the end token (<|endofpiece|>), as per-depth child tables.
+
+    A node at depth d is named by its row in that depth's tables (the root is row 0 of depth 0). Row n of
+    depth d lists its children, padded with -1: `tokens[d][n, c]` is the token, `nodes[d][n, c]` the child's
+    row at depth d + 1 (-1 when the token ends an item), and `items[d][n, c]` the item it ends (else -1).
+    `item_tokens` (num_items, depth - 1) holds each item's sequence without the end token, -1 padded.
     """
 
     def __init__(self, sequences: Sequence[Sequence[int]], end_token: int) -> None:
-        children: list[dict[int, int]] = [{}]
-        leaf: list[int] = [-1]
-        for item, seq in enumerate(sequences):
-            node = 0
-            for tok in (*seq, end_token):
-                nxt = children[node].get(tok)
-                if nxt is None:
-                    nxt = len(children)
-                    children[node][tok] = nxt
-                    children.append({})
-                    leaf.append(-1)
-                node = nxt
-            if leaf[node] != -1:
-                raise ValueError(f"items {leaf[node]} and {item} have the same token sequence {list(seq)}")
-            leaf[node] = item
-        width = max(len(c) for c in children)
-        self.child_token = torch.full((len(children), width), -1, dtype=torch.long)
-        self.child_node = torch.full((len(children), width), -1, dtype=torch.long)
-        for n, c in enumerate(children):
-            if c:
-                self.child_token[n, : len(c)] = torch.tensor(list(c.keys()))
-                self.child_node[n, : len(c)] = torch.tensor(list(c.values()))
-        self.leaf_item = torch.tensor(leaf, dtype=torch.long)
+        if not sequences:
+            raise ValueError("an item Trie needs at least one item")
+        if any(len(seq) == 0 for seq in sequences):
+            empty = next(i for i, seq in enumerate(sequences) if len(seq) == 0)
+            raise ValueError(f"item {empty} has an empty token sequence")
+        if any(end_token in seq for seq in sequences):
+            bad = next(i for i, seq in enumerate(sequences) if end_token in seq)
+            raise ValueError(f"item {bad} contains the end token {end_token} inside its sequence")
+        self.end_token = end_token
         self.num_items = len(sequences)
         self.depth = max(len(s) for s in sequences) + 1
+        self.tokens, self.nodes, self.items = [], [], []
+        for level in self._levels(sequences, end_token):
+            tables = _padded(level, 3)
+            self.tokens.append(tables[0])
+            self.nodes.append(tables[1])
+            self.items.append(tables[2])
+        self.item_tokens = _padded([[(t,) for t in seq] for seq in sequences], 1)[0]
+
+    @staticmethod
+    def _levels(sequences: Sequence[Sequence[int]], end_token: int) -> list[list[list[tuple[int, int, int]]]]:
+        """Per depth, per node row: its children as (token, child row at the next depth or -1, item or -1)."""
+        levels: list[list[dict[int, list[int]]]] = [[{}]]
+        for item, seq in enumerate(sequences):
+            row = 0
+            for depth, tok in enumerate(seq):
+                children = levels[depth][row]
+                if tok not in children:
+                    if len(levels) == depth + 1:
+                        levels.append([])
+                    children[tok] = [len(levels[depth + 1]), -1]
+                    levels[depth + 1].append({})
+                row = children[tok][0]
+            ends = levels[len(seq)][row]
+            if end_token in ends:
+                raise ValueError(f"items {ends[end_token][1]} and {item} have the same token sequence {list(seq)}")
+            ends[end_token] = [-1, item]
+        return [[[(tok, child, item) for tok, (child, item) in node.items()] for node in level] for level in levels]
 
     def to(self, device: torch.device | str) -> ItemTrie:
         """Move the tables to `device` (in place) and return self."""
-        for name in ("child_token", "child_node", "leaf_item"):
-            setattr(self, name, getattr(self, name).to(device))
+        for name in ("tokens", "nodes", "items"):
+            setattr(self, name, [t.to(device) for t in getattr(self, name)])
+        self.item_tokens = self.item_tokens.to(device)
         return self
 
-    def allowed(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens, next nodes) of each node in `nodes`, padded with -1."""
-        return self.child_token[nodes], self.child_node[nodes]
+    def children(self, depth: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens, child rows, items ended) of the depth-`depth` nodes `rows`, each `rows.shape + (width,)`."""
+        return self.tokens[depth][rows], self.nodes[depth][rows], self.items[depth][rows]

@@ -7,6 +7,7 @@ checkpoints map onto this class by name.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -14,8 +15,28 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+AttentionMask = torch.Tensor | BlockMask
+
+
+@functools.cache
+def compiled_flex_attention():
+    """FlexAttention compiled once per process into its fused kernel."""
+    return torch.compile(flex_attention)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, dropout: float) -> torch.Tensor:
+    """SDPA under a dense bool mask (True = attend); FlexAttention under a block mask.
+
+    Flex is the fused, compiled kernel on GPU; on CPU its unfused reference (tests, debugging).
+    """
+    if isinstance(mask, BlockMask):
+        if dropout:
+            raise ValueError("FlexAttention has no attention dropout: set attention_dropout to 0 or use attention: sdpa")
+        return (compiled_flex_attention() if q.is_cuda else flex_attention)(q, k, v, block_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
 @dataclass
@@ -54,7 +75,7 @@ class SelfAttention(nn.Module):
         self.attention_dropout = config.attention_dropout
         self.output_dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+    def forward(self, x: torch.Tensor, mask: AttentionMask, past: tuple[torch.Tensor, torch.Tensor] | None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         b, n, _ = x.shape
         # GLM packs [all query heads | all key heads | all value heads] along the last dimension.
@@ -62,7 +83,7 @@ class SelfAttention(nn.Module):
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         dropout = self.attention_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        out = attend(q, k, v, mask, dropout)
         out = out.transpose(1, 2).reshape(b, n, -1)
         return self.output_dropout(self.dense(out)), (k, v)
 
@@ -86,7 +107,7 @@ class GLMBlock(nn.Module):
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+    def forward(self, x: torch.Tensor, mask: AttentionMask, past: tuple[torch.Tensor, torch.Tensor] | None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         attn, present = self.attention(self.input_layernorm(x), mask, past)
         x = x + attn
@@ -105,6 +126,8 @@ class GLMStack(nn.Module):
 
 class GLMModel(nn.Module):
     """GLM for blank infilling: `forward(input_ids, position_ids (B, 2, L), attention_mask (B, 1, L, S))`.
+
+    `attention_mask` is a bool tensor (True = attend, SDPA) or a FlexAttention `BlockMask` over the same pattern.
 
     `logits_positions` (B, L) bool keeps only those positions' logits, flattened to (N, vocab): training needs
     them for Part B alone, which saves most of the output layer's work.
@@ -134,7 +157,21 @@ class GLMModel(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.word_embeddings
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+    def resize_token_embeddings(self, vocab_size: int) -> list[int]:
+        """Grow the (tied) word embeddings to `vocab_size` rows, new rows N(0, std); return the new rows' ids."""
+        old = self.word_embeddings
+        if vocab_size <= old.num_embeddings:
+            return []
+        new = nn.Embedding(vocab_size, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            nn.init.normal_(new.weight, std=self.config.init_std)
+            new.weight[: old.num_embeddings] = old.weight
+        self.word_embeddings = new
+        added = list(range(self.config.vocab_size, vocab_size))
+        self.config.vocab_size = vocab_size
+        return added
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: AttentionMask,
                 past_key_values: KVCache | None = None, use_cache: bool = False,
                 logits_positions: torch.Tensor | None = None) -> GLMOutput:
         stack = self.transformer

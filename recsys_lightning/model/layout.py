@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
 from recsys_lightning.data.tokenizer import GLMTokens
 
@@ -83,6 +84,19 @@ def blank_infilling_mask(segment_ids: torch.Tensor, part_a: torch.Tensor) -> tor
     allowed = same & (part_a[:, None, :] | causal)
     allowed |= torch.eye(length, dtype=torch.bool, device=segment_ids.device)
     return allowed[:, None]
+
+
+def blank_infilling_block_mask(segment_ids: torch.Tensor, part_a: torch.Tensor) -> BlockMask:
+    """The same pattern as `blank_infilling_mask` as a FlexAttention block mask: Part A prefix, causal Part B,
+    any number of packed samples per row; blocks that no query may see are skipped by the kernel."""
+    batch, length = segment_ids.shape
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        seg_q, seg_kv = segment_ids[b, q], segment_ids[b, kv]
+        same = (seg_q == seg_kv) & (seg_kv >= 0)
+        return (same & (part_a[b, kv] | (kv <= q))) | (q == kv)
+
+    return create_block_mask(mask_mod, batch, None, length, length, device=segment_ids.device)
 
 
 def collate_part_a(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
 
 import peft
 from torch import nn
@@ -20,14 +20,41 @@ class LoRA:
     modules_to_save: list[str] = field(default_factory=list)
 
 
-def apply_lora(model: nn.Module, lora: LoRA, default_targets: Sequence[str]) -> peft.PeftModel:
-    """Wrap `model` with LoRA adapters; only adapters (and `modules_to_save`) stay trainable."""
-    targets = list(lora.target_modules or default_targets)
+@dataclass(frozen=True)
+class LoRADefaults:
+    """What a backbone family adapts unless the user says otherwise.
+
+    Args:
+        targets: module-name suffixes that get LoRA adapters.
+        fan_in_fan_out: the targets store weights as (in, out) (GPT-2's Conv1D).
+        modules_to_save: modules trained in full and saved with the adapter.
+        trainable_tokens: embedding module name -> token ids whose rows train (tokens the backbone added).
+    """
+
+    targets: tuple[str, ...]
+    fan_in_fan_out: bool = False
+    modules_to_save: tuple[str, ...] = ()
+    trainable_tokens: dict[str, list[int]] = field(default_factory=dict)
+
+
+def apply_lora(model: nn.Module, lora: LoRA, defaults: LoRADefaults) -> peft.PeftModel:
+    """Wrap `model` with LoRA adapters; only adapters, `modules_to_save` and new token rows stay trainable."""
+    targets = list(lora.target_modules or defaults.targets)
     if not targets:
-        raise ValueError("lora.target_modules is empty and the backbone declares no default targets")
+        raise ValueError("model.lora.target_modules is empty and the backbone declares no default targets")
+    to_save = list(dict.fromkeys([*defaults.modules_to_save, *lora.modules_to_save]))
     config = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                             modules_to_save=list(lora.modules_to_save) or None)
+                             fan_in_fan_out=defaults.fan_in_fan_out, modules_to_save=to_save or None,
+                             trainable_token_indices=dict(defaults.trainable_tokens) or None)
     return peft.get_peft_model(model, config)
+
+
+def merge_adapter(model: nn.Module, adapter: str | Path) -> nn.Module:
+    """`model` with a saved adapter (peft `save_pretrained` folder) folded into its weights."""
+    folder = Path(adapter)
+    if not (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"adapter {folder}: no adapter_config.json (expected a peft save_pretrained folder)")
+    return peft.PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
 
 
 def trainable_fraction(model: nn.Module) -> tuple[int, int]:

@@ -2,40 +2,21 @@ import torch
 
 from recsys_lightning.generation.beam import trie_beam_search
 from recsys_lightning.generation.trie import ItemTrie
-from recsys_lightning.model.layout import Blank, blank_infilling_mask, collate_infill, collate_part_a, infill
+from recsys_lightning.model.layout import collate_part_a
 from tests.conftest import make_glm
+from tests.generation.reference import brute_force_scores, prompts, random_catalog
 
 
-def brute_force_scores(model, part_a, mask_index, items, tokens):
-    """Teacher-forced log-likelihood of every item (with <|endofpiece|>) in one full forward each."""
-    rows = [infill(part_a, [Blank(mask_index, seq)], tokens) for seq in items]
-    batch = collate_infill(rows, tokens.pad)
-    mask = blank_infilling_mask(batch["segment_ids"], batch["part_a"])
-    logp = model(batch["input_ids"], batch["position_ids"], mask).logits.log_softmax(-1)
-    labels = batch["labels"]
-    picked = logp.gather(2, labels.clamp(min=0)[..., None])[..., 0]
-    return (picked * (labels >= 0)).sum(1)
-
-
-def setup(tokenizer, tokens, n_items=40):
-    gen = torch.Generator().manual_seed(0)
-    items, seen = [], set()
-    while len(items) < n_items:  # varying lengths, shared prefixes
-        seq = tuple(int(t) for t in torch.randint(20, 26, (int(torch.randint(1, 4, (1,), generator=gen)),), generator=gen))
-        if seq not in seen:
-            seen.add(seq)
-            items.append(list(seq))
-    m = min(tokens.masks)
-    prompts = [[tokens.cls, 30, 31, m, tokens.eos], [tokens.cls, 32, m, 33, 34, 35, tokens.eos]]
-    return items, prompts
+def part_a_batch(tokens):
+    rows = [{"input_ids": p, "mask_index": p.index(min(tokens.masks))} for p in prompts(tokens)]
+    return rows, collate_part_a(rows, tokens.pad)
 
 
 def test_beam_as_wide_as_catalog_equals_brute_force(tokenizer, tokens):
     model = make_glm(len(tokenizer))
-    items, prompts = setup(tokenizer, tokens)
+    items = random_catalog(40)
     trie = ItemTrie(items, tokens.eop)
-    rows = [{"input_ids": p, "mask_index": p.index(min(tokens.masks))} for p in prompts]
-    batch = collate_part_a(rows, tokens.pad)
+    rows, batch = part_a_batch(tokens)
     ranked, scores = trie_beam_search(model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie,
                                       tokens.sop, beam_size=len(items), top_k=10)
     for b, row in enumerate(rows):
@@ -45,12 +26,25 @@ def test_beam_as_wide_as_catalog_equals_brute_force(tokenizer, tokens):
         assert torch.allclose(scores[b], top.values, atol=1e-4)
 
 
+def test_narrow_beam_returns_true_scores_of_real_items(tokenizer, tokens):
+    model = make_glm(len(tokenizer), seed=1)
+    items = random_catalog(60, seed=1, max_len=4)
+    trie = ItemTrie(items, tokens.eop)
+    rows, batch = part_a_batch(tokens)
+    ranked, scores = trie_beam_search(model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie,
+                                      tokens.sop, beam_size=3, top_k=3)
+    for b, row in enumerate(rows):
+        ref = brute_force_scores(model, row["input_ids"], row["mask_index"], items, tokens)
+        assert (ranked[b] >= 0).all() and len(set(ranked[b].tolist())) == 3
+        assert torch.allclose(scores[b], ref[ranked[b]], atol=1e-4)
+        assert (scores[b][:-1] >= scores[b][1:]).all()
+
+
 def test_exclusion_removes_items_and_keeps_the_rest_in_order(tokenizer, tokens):
     model = make_glm(len(tokenizer))
-    items, prompts = setup(tokenizer, tokens)
+    items = random_catalog(40)
     trie = ItemTrie(items, tokens.eop)
-    rows = [{"input_ids": p, "mask_index": p.index(min(tokens.masks))} for p in prompts]
-    batch = collate_part_a(rows, tokens.pad)
+    _, batch = part_a_batch(tokens)
     args = (model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie, tokens.sop, len(items), 10)
     ranked, _ = trie_beam_search(*args)
     exclude = torch.zeros(2, len(items), dtype=torch.bool)

@@ -7,28 +7,46 @@ EOP = 99
 
 
 def walk(trie, seq):
-    node = 0
-    for tok in seq:
-        toks, nodes = trie.allowed(torch.tensor([node]))
-        hit = (toks[0] == tok).nonzero()
+    """Follow `seq` (ending with EOP) through the per-depth tables: the item it ends, or None if not allowed."""
+    row = 0
+    for depth, tok in enumerate(seq):
+        toks, rows, items = (t[0] for t in trie.children(depth, torch.tensor([row])))
+        hit = (toks == tok).nonzero()
         if len(hit) == 0:
             return None
-        node = int(nodes[0, hit[0, 0]])
-    return node
+        c = int(hit[0, 0])
+        if tok == EOP:
+            return int(items[c])
+        row = int(rows[c])
+    return None
 
 
-def test_every_item_path_ends_at_its_leaf_and_nothing_else_is_allowed():
+def test_every_item_path_ends_at_its_item_and_nothing_else_is_allowed():
     seqs = [[1, 2], [1, 3], [1, 2, 4], [5]]
     trie = ItemTrie(seqs, EOP)
     for item, seq in enumerate(seqs):
-        assert int(trie.leaf_item[walk(trie, [*seq, EOP])]) == item
-    assert walk(trie, [2]) is None
-    assert walk(trie, [1, 2, EOP, 1]) is None
-    root_tokens = set(trie.allowed(torch.tensor([0]))[0][0].tolist()) - {-1}
+        assert walk(trie, [*seq, EOP]) == item
+    assert walk(trie, [2, EOP]) is None
+    assert walk(trie, [1, EOP]) is None
+    root_tokens = set(trie.children(0, torch.tensor([0]))[0][0].tolist()) - {-1}
     assert root_tokens == {1, 5}
-    assert trie.depth == 4 and trie.num_items == 4
+    assert trie.depth == 4 and trie.num_items == 4 and len(trie.tokens) == 4
+    assert trie.item_tokens.tolist() == [[1, 2, -1], [1, 3, -1], [1, 2, 4], [5, -1, -1]]
 
 
-def test_identical_sequences_are_rejected():
-    with pytest.raises(ValueError, match="same token sequence"):
-        ItemTrie([[1, 2], [1, 2]], EOP)
+def test_tables_are_padded_per_depth_not_to_the_widest_node():
+    seqs = [[t] for t in range(50)] + [[0, 1, 2]]
+    trie = ItemTrie(seqs, EOP)
+    assert trie.tokens[0].shape == (1, 50)
+    assert [t.shape[1] for t in trie.tokens[1:]] == [2, 1, 1]
+
+
+@pytest.mark.parametrize("seqs, match", [
+    ([[1, 2], [1, 2]], "same token sequence"),
+    ([[1], []], "empty token sequence"),
+    ([[1, EOP, 2]], "contains the end token"),
+    ([], "at least one item"),
+])
+def test_bad_catalogs_are_rejected(seqs, match):
+    with pytest.raises(ValueError, match=match):
+        ItemTrie(seqs, EOP)

@@ -1,13 +1,15 @@
 import torch
 
-from recsys_lightning.model.backbones import NativeGLM
-from recsys_lightning.model.lora import LoRA, apply_lora, trainable_fraction
+from recsys_lightning.model.backbones import GLM_LORA_TARGETS, NativeGLM
+from recsys_lightning.model.lora import LoRA, LoRADefaults, apply_lora, trainable_fraction
+
+GLM = LoRADefaults(GLM_LORA_TARGETS)
 
 
 def test_lora_trains_only_adapters(tokenizer):
     model = NativeGLM(hidden_size=32, num_layers=2, num_attention_heads=4).build(tokenizer)
     total_before = sum(p.numel() for p in model.parameters())
-    wrapped = apply_lora(model, LoRA(r=4, alpha=8, dropout=0.0), NativeGLM.lora_targets)
+    wrapped = apply_lora(model, LoRA(r=4, alpha=8, dropout=0.0), GLM)
     trainable, total = trainable_fraction(wrapped)
     names = [n for n, p in wrapped.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
@@ -18,7 +20,7 @@ def test_lora_trains_only_adapters(tokenizer):
 
 def test_lora_target_modules_and_modules_to_save(tokenizer):
     model = NativeGLM(hidden_size=32, num_layers=1, num_attention_heads=4).build(tokenizer)
-    wrapped = apply_lora(model, LoRA(r=2, target_modules=["query_key_value"], modules_to_save=["final_layernorm"]), ())
+    wrapped = apply_lora(model, LoRA(r=2, target_modules=["query_key_value"], modules_to_save=["final_layernorm"]), LoRADefaults(()))
     names = [n for n, p in wrapped.named_parameters() if p.requires_grad]
     assert any("query_key_value.lora_A" in n for n in names)
     assert not any("dense" in n for n in names)
@@ -32,5 +34,5 @@ def test_lora_forward_matches_base_at_init(tokenizer):
     pos = torch.zeros(1, 2, 5, dtype=torch.long)
     mask = torch.ones(1, 1, 5, 5, dtype=torch.bool)
     ref = model(ids, pos, mask).logits
-    wrapped = apply_lora(model, LoRA(r=2, dropout=0.0), NativeGLM.lora_targets).eval()
+    wrapped = apply_lora(model, LoRA(r=2, dropout=0.0), GLM).eval()
     assert torch.allclose(wrapped(input_ids=ids, position_ids=pos, attention_mask=mask).logits, ref, atol=1e-6)

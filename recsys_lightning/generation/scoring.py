@@ -1,0 +1,78 @@
+"""Exact log-likelihoods of given blank fillings: candidate items (direct recommendation) and yes/no answers.
+
+Part A and `<|startofpiece|>` are encoded once per request; every candidate span becomes a causal block of
+query tokens in the same row (see `blank.py`), several candidates per model call, so no cache is copied per
+candidate. A candidate's score is log p(span, <|endofpiece|> | Part A), the quantity beam search ranks by.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from recsys_lightning.generation.blank import Model, PartA, log_probs_of
+
+
+def pad_candidates(candidates: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
+    """Nested lists (request, candidate, tokens) -> (B, N, L) long, -1 padded; every request needs N candidates."""
+    counts = {len(c) for c in candidates}
+    if len(counts) != 1:
+        raise ValueError(f"every request needs the same number of candidates, got counts {sorted(counts)}")
+    length = max(len(seq) for request in candidates for seq in request)
+    out = torch.full((len(candidates), counts.pop(), length), -1, dtype=torch.long)
+    for b, request in enumerate(candidates):
+        for n, seq in enumerate(request):
+            if not seq:
+                raise ValueError(f"request {b}, candidate {n}: empty token sequence")
+            out[b, n, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+    return out
+
+
+def _block_causal(per: int, count: int, device: torch.device) -> torch.Tensor:
+    """(count * per, count * per) bool: each block of `per` tokens is causal and sees no other block."""
+    causal = torch.ones(per, per, dtype=torch.bool, device=device).tril()
+    return torch.block_diag(*[causal] * count)
+
+
+@torch.no_grad()
+def score_candidates(
+    model: Model,
+    input_ids: torch.Tensor,
+    lengths: torch.Tensor,
+    mask_index: torch.Tensor,
+    candidates: torch.Tensor,
+    sop: int,
+    eop: int,
+    chunk: int = 16,
+) -> torch.Tensor:
+    """log p(candidate span, <|endofpiece|> | Part A) for candidates (B, N, L) (-1 padded) -> (B, N) float32.
+
+    `<|startofpiece|>` is the same for every candidate, so it is run once per request and its key shared;
+    then `chunk` candidates' span tokens (intra-positions 2, 3, ...) share one model call.
+    """
+    b, n, span = candidates.shape
+    if (candidates[..., 0] < 0).any():
+        raise ValueError("every candidate needs at least one token (found an all-padding row)")
+    device = candidates.device
+    part_a = PartA.encode(model, input_ids, lengths, mask_index)
+    sop_ids = torch.full((b, 1), sop, dtype=torch.long, device=device)
+    sop_logits, cache = part_a.decode(model, None, sop_ids, torch.tensor(1, device=device),
+                                      torch.ones(b, 1, 1, dtype=torch.bool, device=device))
+    first = log_probs_of(sop_logits, candidates[:, None, :, 0])[:, 0]  # (B, N): log p(t1 | Part A, sop)
+    # Token j of a span predicts token j + 1, the last real one predicts <|endofpiece|>, padding predicts nothing.
+    length = (candidates >= 0).sum(-1, keepdim=True)
+    shifted = torch.cat([candidates[..., 1:], candidates.new_full((b, n, 1), -1)], 2)
+    targets = torch.where(torch.arange(1, span + 1, device=device) == length, eop, shifted)
+    intra = torch.arange(2, span + 2, device=device)
+    scores = []
+    for start in range(0, n, chunk):
+        c = min(chunk, n - start)
+        visible = torch.cat([torch.ones(c * span, 1, dtype=torch.bool, device=device),
+                             _block_causal(span, c, device)], 1).expand(b, -1, -1)
+        inputs = candidates[:, start:start + c].clamp(min=0).reshape(b, -1)
+        logits, _ = part_a.decode(model, cache, inputs, intra.repeat(c), visible)
+        tgt = targets[:, start:start + c].reshape(b, -1)
+        logp = log_probs_of(logits, tgt.clamp(min=0)[..., None])[..., 0].masked_fill(tgt < 0, 0.0)
+        scores.append(logp.view(b, c, span).sum(-1))
+    return first + torch.cat(scores, 1)

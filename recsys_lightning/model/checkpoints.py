@@ -1,0 +1,140 @@
+"""THUDM GLM checkpoints: config.json -> GLMConfig, weights from .bin or .safetensors (sharded or not), and the
+same layout written back, so an exported native GLM reloads through the loader it came from.
+
+Parameter names are those of THUDM's Hugging Face ports (`glm.word_embeddings.weight`,
+`glm.transformer.layers.N.attention.query_key_value.weight`, ...); the `glm.` prefix is optional.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from recsys_lightning.model.glm import GLMConfig, GLMModel
+
+PREFIX = "glm."
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def check_source(name_or_path: str, key: str) -> None:
+    """Fail before training when `name_or_path` is written as a local path but is no folder (hub names pass)."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir() and (path.exists() or name_or_path.startswith((".", "/", "~"))):
+        raise FileNotFoundError(f"{key} {name_or_path!r}: no such folder (expected a local model folder or a hub name)")
+
+
+def resolve_folder(name_or_path: str) -> Path:
+    """A local checkpoint folder, or a hub name fetched into the local cache (needs network and huggingface_hub)."""
+    check_source(name_or_path, "model.backbone.checkpoint")
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"]))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, with the file named in the error when it is missing or malformed."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def glm_config(folder: Path, **overrides: Any) -> GLMConfig:
+    """GLMConfig from a THUDM config.json (the HF port's keys; position tables hold max_sequence_length + 1 rows).
+
+    `overrides` replace fields (e.g. the dropout rates used for fine-tuning).
+    """
+    path = folder / "config.json"
+    config = read_json(path)
+    for key in ("vocab_size", "hidden_size", "num_layers", "num_attention_heads", "max_sequence_length"):
+        if not isinstance(config.get(key), int):
+            raise ValueError(f"{path}: key {key!r} must be an integer, got {config.get(key)!r}")
+    if config.get("relative_encoding") or config.get("block_position_encoding") is False:
+        raise ValueError(f"{path}: only GLM with 2D (block) position encoding is supported, not relative encoding")
+    sizes = dict(
+        vocab_size=config["vocab_size"], hidden_size=config["hidden_size"], num_layers=config["num_layers"],
+        num_attention_heads=config["num_attention_heads"], max_sequence_length=config["max_sequence_length"] + 1,
+        intermediate_size=config.get("intermediate_size"),
+        hidden_dropout=config.get("output_dropout_prob", 0.1), attention_dropout=config.get("attention_dropout_prob", 0.1),
+        layernorm_epsilon=config.get("layernorm_epsilon", 1e-5), init_std=config.get("initializer_range", 0.02))
+    return GLMConfig(**{**sizes, **overrides})
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The checkpoint's weight files: every shard named by an index json, or the single weights file."""
+    for name in INDEX_FILES:
+        if (folder / name).is_file():
+            index = read_json(folder / name)
+            if not isinstance(index.get("weight_map"), dict):
+                raise ValueError(f"{folder / name}: no 'weight_map' object")
+            shards = sorted(set(index["weight_map"].values()))
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{folder / name}: shards {missing} are missing")
+            return [folder / s for s in shards]
+    for name in SINGLE_FILES:
+        if (folder / name).is_file():
+            return [folder / name]
+    raise FileNotFoundError(f"{folder}: no {' or '.join(INDEX_FILES + SINGLE_FILES)}")
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """One weight file: safetensors, or a torch pickle read weights-only."""
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def load_glm(folder: Path, dtype: torch.dtype = torch.float32, **overrides: Any) -> GLMModel:
+    """A native GLM with a THUDM checkpoint's weights in `dtype`; every parameter must be present, shapes exact.
+
+    The model is built on the meta device and takes the loaded tensors as they are, so memory peaks at one copy.
+    """
+    config = glm_config(folder, **overrides)
+    with torch.device("meta"):
+        model = GLMModel(config)
+    expected = {name: p.shape for name, p in model.state_dict().items()}
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(folder):
+        for name, tensor in read_weights(path).items():
+            name = name.removeprefix(PREFIX)
+            if name not in expected:
+                raise ValueError(f"{path}: unexpected parameter {name!r}; is this a THUDM GLM checkpoint?")
+            if tensor.shape != expected[name]:
+                raise ValueError(f"{path}: {name!r} has shape {tuple(tensor.shape)}, config.json implies "
+                                 f"{tuple(expected[name])}")
+            state[name] = tensor.to(dtype)
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ValueError(f"{folder}: the checkpoint lacks parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    model.load_state_dict(state, assign=True)
+    return model
+
+
+def save_glm(model: GLMModel, folder: Path) -> None:
+    """Write `model` as a THUDM-layout checkpoint: config.json (HF port keys) and model.safetensors."""
+    folder.mkdir(parents=True, exist_ok=True)
+    c = model.config
+    config = {"architectures": ["GLMModel"], "model_type": "glm", "block_position_encoding": True,
+              "relative_encoding": False, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+              "num_layers": c.num_layers, "num_attention_heads": c.num_attention_heads,
+              "max_sequence_length": c.max_sequence_length - 1, "intermediate_size": c.intermediate_size,
+              "output_dropout_prob": c.hidden_dropout, "embedding_dropout_prob": c.hidden_dropout,
+              "attention_dropout_prob": c.attention_dropout, "layernorm_epsilon": c.layernorm_epsilon,
+              "initializer_range": c.init_std}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    state = {PREFIX + name: t.detach().contiguous() for name, t in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})

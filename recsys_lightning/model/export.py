@@ -1,0 +1,106 @@
+"""`recsys-lightning export`: a training checkpoint -> merged safetensors weights + tokenizer + a backbone config
+that reloads them with the same class, and (for LoRA on pretrained weights) the adapter alone."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from lightning.pytorch.cli import instantiate_class
+from tokenizers import Tokenizer
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from recsys_lightning.data.tokenizer import wrap_tokenizer
+from recsys_lightning.model.backbones import Backbone, NativeGLM
+from recsys_lightning.model.lora import LoRA
+
+CONFIG_FILE = "backbone.yaml"
+
+
+@dataclass
+class Restored:
+    """A trained network rebuilt from a Lightning checkpoint, with what made it."""
+
+    backbone: Backbone
+    backbone_config: dict[str, Any]
+    network: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    lora: LoRA | None
+
+
+def backbone_config(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's backbone as `{class_path, init_args}` (the default tiny native GLM when none was given)."""
+    config = hparams.get("backbone")
+    if config is None:
+        return {"class_path": f"{NativeGLM.__module__}.{NativeGLM.__name__}", "init_args": {}}
+    if not isinstance(config, dict) or "class_path" not in config:
+        raise ValueError("the checkpoint's hyper_parameters.backbone is not a class_path config; export needs a "
+                         "checkpoint written by `recsys-lightning fit`")
+    return {"class_path": config["class_path"], "init_args": dict(config.get("init_args") or {})}
+
+
+def restore(ckpt_path: Path) -> Restored:
+    """Rebuild the backbone, tokenizer, LoRA wrapping and trained weights of a `recsys-lightning fit` checkpoint."""
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such file")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    hparams = ckpt.get("hyper_parameters")
+    if not isinstance(hparams, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{ckpt_path}: not a Lightning checkpoint with hyper_parameters and state_dict")
+    config = backbone_config(hparams)
+    backbone = instantiate_class((), config)
+    tokenizer = backbone.tokenizer()
+    if tokenizer is None:
+        saved = ckpt.get("tokenizer")
+        if not isinstance(saved, str) or not saved.startswith("{"):
+            raise ValueError(f"{ckpt_path}: the checkpoint carries no tokenizer and the backbone has none")
+        tokenizer = wrap_tokenizer(Tokenizer.from_str(saved))
+    lora = LoRA(**hparams["lora"]) if hparams.get("lora") else None
+    network = backbone.build(tokenizer)
+    if lora is not None:
+        network = backbone.add_lora(network, lora, tokenizer)
+    state = {k.removeprefix("network."): v for k, v in ckpt["state_dict"].items() if k.startswith("network.")}
+    network.load_state_dict(state, strict=True)
+    return Restored(backbone, config, network.eval(), tokenizer, lora)
+
+
+def write_config(folder: Path, class_path: str, init_args: dict[str, Any]) -> None:
+    """A config fragment that rebuilds the exported network: `--config FOLDER/backbone.yaml`."""
+    config = {"model": {"backbone": {"class_path": class_path, "init_args": init_args}, "lora": None}}
+    header = f"# Exported network; combine with a dataset config: --config <data>.yaml --config {folder / CONFIG_FILE}\n"
+    (folder / CONFIG_FILE).write_text(header + yaml.safe_dump(config, sort_keys=False))
+
+
+def export(ckpt_path: Path, out: Path) -> list[Path]:
+    """Write `out` (merged weights) and, for LoRA on pretrained weights, `out/adapter`; return the folders written.
+
+    An existing non-empty `out` is never touched; a failed export removes the folder it created.
+    """
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"--out {out}: exists and is not an empty folder; choose a new one")
+    restored = restore(ckpt_path)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return write_export(restored, out.resolve())
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def write_export(restored: Restored, folder: Path) -> list[Path]:
+    """The adapter first (merging consumes the LoRA wrapping), then the merged network, each with its config."""
+    class_path, init_args = restored.backbone_config["class_path"], restored.backbone_config["init_args"]
+    written = []
+    if restored.lora is not None and restored.backbone.pretrained:
+        adapter = folder / "adapter"
+        args = restored.backbone.save_adapter(restored.network, adapter)
+        write_config(adapter, class_path, {**init_args, **args})
+        written.append(adapter)
+    args = restored.backbone.save_merged(restored.network, restored.tokenizer, folder)
+    write_config(folder, class_path, {**init_args, **args})
+    return [folder, *written]

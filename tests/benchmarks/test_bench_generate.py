@@ -1,0 +1,30 @@
+import json
+import random
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+RUNNER = """
+import json, runpy, sys
+sys.argv = ["bench_generate.py", *sys.argv[1:]]
+runpy.run_path("benchmarks/bench_generate.py", run_name="__main__")
+print(json.dumps(sorted({"datasets", "jsonargparse", "lightning", "pytorch_lightning"} & set(sys.modules))))
+"""
+
+
+def test_bench_generate_agrees_with_hf_and_imports_only_torch_transformers_and_ours(tmp_path):
+    rng = random.Random(0)
+    data = tmp_path / "Tiny.txt"
+    lines = [[u] + [rng.randint(1, 300) for _ in range(rng.randint(3, 12))] for u in range(1, 9)]
+    data.write_text("".join(" ".join(map(str, line)) + "\n" for line in lines))
+    out = subprocess.run([sys.executable, "-c", RUNNER, "--data", str(data), "--users", "8", "--batch-size", "4",
+                          "--repeats", "1", "--beam", "6", "--top-k", "4"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    *_, result, forbidden = out.stdout.strip().splitlines()
+    result = json.loads(result)
+    assert json.loads(forbidden) == []
+    assert result["identical_topk"] and result["users"] == 8
+    assert result["items_in_trie"] == max(max(line[1:]) for line in lines)
+    assert result["speedup_vs_hf_generate"] > 0 and result["beam"] == 6

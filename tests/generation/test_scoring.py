@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from recsys_lightning.generation.generator import Generator
+from recsys_lightning.generation.scoring import pad_candidates, score_candidates
+from recsys_lightning.model.layout import collate_part_a
+from tests.conftest import make_glm
+from tests.generation.reference import brute_force_scores, prompts, random_catalog
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 100])
+def test_candidate_scores_equal_brute_force_forwards(tokenizer, tokens, chunk):
+    model = make_glm(len(tokenizer), seed=2)
+    rows = [{"input_ids": p, "mask_index": p.index(min(tokens.masks))} for p in prompts(tokens)]
+    batch = collate_part_a(rows, tokens.pad)
+    per_request = [random_catalog(20, seed=s, max_len=4) for s in (3, 4)]
+    scores = score_candidates(model, batch["input_ids"], batch["lengths"], batch["mask_index"],
+                              pad_candidates(per_request), tokens.sop, tokens.eop, chunk=chunk)
+    assert scores.shape == (2, 20)
+    for b, row in enumerate(rows):
+        ref = brute_force_scores(model, row["input_ids"], row["mask_index"], per_request[b], tokens)
+        assert torch.allclose(scores[b], ref, atol=1e-4)
+
+
+def test_yes_no_scores_both_answers_as_blank_fillings(tokenizer, tokens):
+    model = make_glm(len(tokenizer), seed=3)
+    rows = [{"input_ids": p, "mask_index": p.index(min(tokens.masks))} for p in prompts(tokens)]
+    batch = collate_part_a(rows, tokens.pad)
+    yes, no = [40, 41], [42]
+    out = Generator(model, tokens, beam_size=4).yes_no(batch, yes, no)
+    for b, row in enumerate(rows):
+        ref = brute_force_scores(model, row["input_ids"], row["mask_index"], [yes, no], tokens)
+        assert torch.allclose(out[b], ref, atol=1e-4)
+
+
+def test_ragged_or_empty_candidates_are_rejected():
+    with pytest.raises(ValueError, match="same number of candidates"):
+        pad_candidates([[[1]], [[1], [2]]])
+    with pytest.raises(ValueError, match="request 0, candidate 1: empty"):
+        pad_candidates([[[1], []]])

@@ -1,0 +1,113 @@
+"""`recsys-lightning export` round trips: LoRA fine-tuned on a pretrained native GLM and on a pretrained HF Llama
+(both tiny, written locally), exported merged and adapter-only, reloaded through the written configs with
+identical logits; plus the demo fitting and testing with the tiny Llama config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.cli import instantiate_class
+
+from recsys_lightning.cli import main
+from recsys_lightning.data.tokenizer import GLMTokens
+from recsys_lightning.model.export import export, restore
+from recsys_lightning.model.glm import GLMConfig, GLMModel
+from recsys_lightning.model.layout import blank_infilling_mask
+from recsys_lightning.registry import builtin_dir
+from tests.model.conftest import (one_sample, write_glm_tokenizer_config, write_gpt2_vocab, write_pretrained,
+                                  write_thudm_checkpoint)
+
+CONFIGS = builtin_dir("lightning_configs").parent / "lightning_configs"
+SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+         "--trainer.limit_test_batches", "1", "--trainer.check_val_every_n_epoch", "1",
+         "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1", "--data.batch_size", "8",
+         "--data.eval_batch_size", "16", "--model.beam_size", "5"]
+
+
+def cli(sub: str, tmp: Path, root: Path, *configs: Path | str, extra: tuple[str, ...] = ()) -> None:
+    args = [sub]
+    for config in (CONFIGS / "demo.yaml", *configs):
+        args += ["--config", str(config)]
+    args += [*SHORT, "--data.root", str(root), "--trainer.default_root_dir", str(tmp),
+             "--trainer.logger.init_args.save_dir", str(tmp / "logs"), *extra]
+    main(args + (["--checkpoint.dirpath", str(tmp / "ckpt")] if sub == "fit" else []))
+
+
+def backbone_yaml(tmp: Path, class_path: str, **init_args) -> Path:
+    path = tmp / "backbone_in.yaml"
+    path.write_text(yaml.safe_dump({"model": {"backbone": {"class_path": class_path, "init_args": init_args},
+                                              "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}}))
+    return path
+
+
+def reload(config_file: Path):
+    backbone = instantiate_class((), yaml.safe_load(config_file.read_text())["model"]["backbone"])
+    return backbone.build(backbone.tokenizer()).eval()
+
+
+def logits(network, tokens) -> torch.Tensor:
+    batch = one_sample(tokens, [40, 41, 42], [43, 44, 45])
+    mask = blank_infilling_mask(batch["segment_ids"], batch["part_a"])
+    with torch.no_grad():
+        return network(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask).logits
+
+
+def check_round_trip(ckpt: Path, out: Path) -> None:
+    restored = restore(ckpt)
+    tokens = GLMTokens.of(restored.tokenizer)
+    trained = logits(restored.network, tokens)
+    written = export(ckpt, out)
+    assert written == [out.resolve(), out.resolve() / "adapter"]
+    assert (out / "backbone.yaml").is_file() and any(out.glob("*.safetensors"))
+    torch.testing.assert_close(logits(reload(out / "backbone.yaml"), tokens), trained, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits(reload(out / "adapter" / "backbone.yaml"), tokens), trained,
+                               atol=1e-5, rtol=1e-4)
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        export(ckpt, out)  # an existing export is never overwritten
+
+
+def test_native_glm_lora_export_round_trip(tmp_path, tiny_reviews):
+    base = tmp_path / "glm-base"
+    write_gpt2_vocab(base)
+    write_glm_tokenizer_config(base)
+    from recsys_lightning.model.backbones import NativeGLM
+
+    vocab = len(NativeGLM(checkpoint=str(base)).tokenizer())
+    torch.manual_seed(0)
+    write_thudm_checkpoint(base, GLMModel(GLMConfig(vocab_size=vocab, hidden_size=32, num_layers=2,
+                                                    num_attention_heads=4, max_sequence_length=257)))
+    config = backbone_yaml(tmp_path, "recsys_lightning.model.backbones.NativeGLM", checkpoint=str(base),
+                           hidden_dropout=0.0, attention_dropout=0.0)
+    cli("fit", tmp_path, tiny_reviews, config, extra=("--model.lr", "0.05"))
+    check_round_trip(tmp_path / "ckpt" / "last.ckpt", tmp_path / "export")
+    merged = yaml.safe_load((tmp_path / "export" / "backbone.yaml").read_text())["model"]["backbone"]["init_args"]
+    assert merged["checkpoint"] == str((tmp_path / "export").resolve()) and merged["adapter"] is None
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["num_layers"] == 2
+
+
+def test_hf_llama_lora_export_round_trip(tmp_path, tiny_reviews):
+    write_pretrained(tmp_path / "llama-base")
+    config = backbone_yaml(tmp_path, "recsys_lightning.model.hf_glm.HFCausalLM", model=str(tmp_path / "llama-base"),
+                           max_block_positions=64)
+    cli("fit", tmp_path, tiny_reviews, config, extra=("--model.lr", "0.05"))
+    # the backbone's tokenizer (not the checkpoint's string) decodes, and matches the checkpoint's fingerprint
+    cli("test", tmp_path, tiny_reviews, config, extra=("--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")))
+    check_round_trip(tmp_path / "ckpt" / "last.ckpt", tmp_path / "export")
+    assert (tmp_path / "export" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "export" / "adapter" / "block_position_embeddings.safetensors").is_file()
+
+
+def test_demo_fits_and_tests_with_the_tiny_llama_config(tmp_path, tiny_reviews):
+    llama = CONFIGS / "backbones" / "llama_tiny.yaml"
+    cli("fit", tmp_path, tiny_reviews, llama)
+    cli("test", tmp_path, tiny_reviews, llama, extra=("--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")))
+    results = max((tmp_path / "logs").glob("*/version_*/results.json"), key=lambda p: p.stat().st_mtime)
+    metrics = json.loads(results.read_text())["metrics"]["sequential"]
+    assert 0.0 <= metrics["ndcg@10"] <= metrics["hr@10"] <= 1.0
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
+    assert "network.block_position_embeddings.weight" in state
+    assert any(k.startswith("network.model.model.layers.0.self_attn.q_proj") for k in state)
