@@ -1,4 +1,4 @@
-"""`recsys-lightning`: a LightningCLI (fit, validate, test, predict) plus the `tasks` listing and `export`."""
+"""`recsys-lightning`: a LightningCLI (fit, validate, test, predict) plus `tasks`, `prepare` and `export`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 
 from recsys_lightning.callbacks import PredictionWriter, ResultsWriter
 from recsys_lightning.data.datamodule import RecDataModule
+from recsys_lightning.data.prepare import prepare
 from recsys_lightning.data.tokenizer import wrap_tokenizer
 from recsys_lightning.model.export import export
 from recsys_lightning.module import RecSysLLM
@@ -83,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "tasks":
         list_tasks(args[1:])
+        return
+    if args and args[0] == "prepare":
+        prepare(args[1:])
         return
     if args and args[0] == "export":
         export_checkpoint(args[1:])

@@ -9,15 +9,12 @@ from torchmetrics import Metric
 
 from recsys_lightning.data.schema import RecData
 from recsys_lightning.data.splits import leave_one_out
+from recsys_lightning.data.textualize import user_name
 from recsys_lightning.family import FamilyContext, Request, TaskFamily
 from recsys_lightning.generation.generator import Generator
 from recsys_lightning.generation.trie import ItemTrie
 from recsys_lightning.metrics import ranking_metrics, update_ranking
 from recsys_lightning.registry import register_task
-
-
-def user_text(user: int) -> str:
-    return f"user_{user + 1}"
 
 
 @register_task("sequential")
@@ -55,7 +52,8 @@ class Sequential(TaskFamily):
         index = self.ctx.index
         window = history[-self.max_history:]
         return Request(
-            values={"user": user_text(user), "history": [index.render(i) for i in window], "item": index.render(target)},
+            values={"user": user_name(user), "history": [index.render(i) for i in window],
+                    "item": index.render(target)},
             meta={"user_id": user, "target_item": target, "seen_items": [int(i) for i in history]},
         )
 

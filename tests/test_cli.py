@@ -25,7 +25,7 @@ def run(sub: str, tmp: Path, root: Path, *extra: str, config: str = "lightning_c
     logs = tmp / "logs"
     main([sub, "--config", str(builtin_dir("lightning_configs").parent / config), *TINY,
           "--data.root", str(root), "--trainer.default_root_dir", str(tmp),
-          "--trainer.logger.init_args.save_dir", str(logs), *extra,
+          "--trainer.logger.init_args.save_dir", str(logs), "--data.cache_dir", str(tmp / "cache"), *extra,
           *(["--checkpoint.dirpath", str(tmp / "ckpt")] if sub == "fit" else [])])
     return max(logs.glob("*/version_*"), key=lambda p: p.stat().st_mtime)
 

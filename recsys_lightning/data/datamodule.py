@@ -14,9 +14,11 @@ from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 from transformers import PreTrainedTokenizerBase
 
 from recsys_lightning.data.adapters import load_dataset
+from recsys_lightning.data.cache import ExampleCache, code_hash, data_fingerprint, files_hash, tokenizer_hash
 from recsys_lightning.data.encode import encode_rows
 from recsys_lightning.data.indexing import ItemIndex, build_index
 from recsys_lightning.data.schema import RecData
+from recsys_lightning.data.textualize import describe_item, describe_user, with_templates
 from recsys_lightning.data.tokenizer import GLMTokens, load_tokenizer, train_tokenizer
 from recsys_lightning.family import FamilyContext, Request, TaskFamily, seeded_choice
 from recsys_lightning.model.layout import collate_infill, collate_part_a
@@ -69,13 +71,16 @@ class RecDataModule(L.LightningDataModule):
         num_workers: int = 0,
         task_dirs: list[str] | None = None,
         seed: int = 0,
+        textualize: dict[str, str] | None = None,
+        cache_dir: str | None = ".cache/recsys_lightning",
+        num_proc: int = 1,
     ) -> None:
         """
         Args:
             tasks: the families to train and evaluate, with sampling weights (default: sequential).
             root: dataset folder; None uses the bundled Musical Instruments demo data.
-            format: adapter that reads `root` (e.g. amazon_reviews).
-            item_index: how items are written as text (sequential, random).
+            format: adapter that reads `root` (amazon_reviews, s3rec, movielens, restaurant).
+            item_index: how items are written as text (sequential, random, title, atomic, p5).
             tokenizer: a tokenizer folder or hub name; None uses a pretrained backbone's own tokenizer, or trains a
                 BPE tokenizer on the dataset's text.
             vocab_size: vocabulary size of a locally trained tokenizer.
@@ -85,6 +90,9 @@ class RecDataModule(L.LightningDataModule):
             num_workers: dataloader worker processes.
             task_dirs: extra folders whose `.py` files register task families.
             seed: seed of template choice, item ids and sampling.
+            textualize: description templates overriding the dataset's ({user: "...", item: "..."}).
+            cache_dir: folder of the built-example cache (Arrow); None builds in memory every run.
+            num_proc: processes that tokenize examples.
         """
         super().__init__()
         specs = tasks if tasks is not None else [TaskSpec("sequential")]
@@ -101,6 +109,8 @@ class RecDataModule(L.LightningDataModule):
         self.data: RecData | None = None
         self.index: ItemIndex | None = None
         self.eval_streams: list[EvalStream] = []
+        self.cache: ExampleCache | None = None
+        self._tokenizer_id = ""
         self._train: list[Dataset] = []
         self._eval: dict[str, list[Dataset]] = {}
 
@@ -123,16 +133,38 @@ class RecDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         root = Path(hp.root) if hp.root else DEMO_ROOT
-        self.data = load_dataset(hp.format, root, hp.seed)
+        self.data = with_templates(load_dataset(hp.format, root, hp.seed), hp.textualize)
         self.index = build_index(hp.item_index, self.data, hp.seed)
         if self.tokenizer is None and not hp.tokenizer:
             self.tokenizer = self._backbone_tokenizer()
+        if hp.cache_dir:
+            self.cache = ExampleCache.open(hp.cache_dir, self.data.name, self._cache_key(root))
         if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(hp.tokenizer) if hp.tokenizer else train_tokenizer(
-                self._corpus(), hp.vocab_size)
+            self.tokenizer = load_tokenizer(hp.tokenizer) if hp.tokenizer else self._local_tokenizer()
+        self.tokenizer.add_tokens(list(self.index.new_tokens))
+        self._tokenizer_id = tokenizer_hash(self.tokenizer)[:16]
         context = FamilyContext(self.data, self.index, self.tokenizer)
         for family in self.families:
             family.setup(context)
+
+    def _cache_key(self, root: Path) -> dict[str, Any]:
+        """Everything that changes the built rows: data files, config, family code and prompts, our code."""
+        hp = self.hparams
+        families = [{"name": f.name, "options": spec["options"], "source": files_hash([Path(f.source)]),
+                     "prompts": files_hash([f.prompts.path])} for f, spec in zip(self.families, hp.tasks)]
+        return {"root": str(root.resolve()), "files": data_fingerprint(root), "format": hp.format,
+                "item_index": hp.item_index, "seed": hp.seed, "textualize": self.data.templates,
+                "tokenizer": hp.tokenizer or {"local_vocab_size": hp.vocab_size}, "max_length": hp.max_length,
+                "families": families, "code": code_hash()}
+
+    def _local_tokenizer(self) -> PreTrainedTokenizerBase:
+        """A BPE tokenizer trained on the dataset (with any atomic item tokens), from the cache when there."""
+        def train() -> PreTrainedTokenizerBase:
+            assert self.index is not None
+            tokenizer = train_tokenizer(self._corpus(), self.hparams.vocab_size)
+            tokenizer.add_tokens(list(self.index.new_tokens))
+            return tokenizer
+        return self.cache.tokenizer(train) if self.cache is not None else train()
 
     def _backbone_tokenizer(self) -> PreTrainedTokenizerBase | None:
         """The tokenizer a pretrained backbone brings with it (None for random-init backbones or no trainer)."""
@@ -141,11 +173,14 @@ class RecDataModule(L.LightningDataModule):
         return backbone.tokenizer() if backbone is not None else None
 
     def _corpus(self) -> Iterator[str]:
-        """Text a local tokenizer learns from: the dataset's words, item renderings and every template."""
+        """Text a local tokenizer learns from: the dataset's words, item renderings and descriptions, templates."""
         assert self.data is not None and self.index is not None
         yield from (t for t in self.data.review if t)
         yield from (t for t in self.data.summary if t)
-        yield " ".join(self.index.strings)
+        if not self.index.new_tokens:
+            yield " ".join(self.index.strings)
+        yield from (describe_item(self.data, self.index, i).text for i in range(self.data.num_items))
+        yield from (describe_user(self.data, u).text for u in range(self.data.num_users))
         for family in self.families:
             yield from (t.text for t in family.prompts.templates)
 
@@ -153,13 +188,26 @@ class RecDataModule(L.LightningDataModule):
         self.load()
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}[stage]
         if "train" in splits and not self._train:
-            self._train = [self._encode(self._rows(f, "train", unseen=False), train=True) for f in self.families]
+            self._train = [self._examples(f, "train", unseen=False) for f in self.families]
         self.eval_streams = [EvalStream(f, unseen) for f in self.families for unseen in (False, True)
                              if not unseen or f.prompts.unseen]
         for split in splits:
             if split != "train" and split not in self._eval:
-                self._eval[split] = [self._encode(self._rows(s.family, split, s.unseen), train=False)
-                                     for s in self.eval_streams]
+                self._eval[split] = [self._examples(s.family, split, s.unseen) for s in self.eval_streams]
+
+    def prepare_data(self) -> None:
+        """Build the example cache once per node (Lightning calls this on local rank 0 before every `setup`)."""
+        if self.hparams.cache_dir and self.trainer is not None:
+            self.setup(str(self.trainer.state.fn.value))
+
+    def _examples(self, family: TaskFamily, split: str, unseen: bool) -> Dataset:
+        """One stream's encoded examples, from the cache when it holds them."""
+        def build() -> Dataset:
+            return self._encode(self._rows(family, split, unseen), train=split == "train")
+        if self.cache is None:
+            return build()
+        name = f"examples-{self._tokenizer_id}/{family.name}/{split}{'_unseen' if unseen else ''}"
+        return self.cache.dataset(name, build)
 
     def _rows(self, family: TaskFamily, split: str, unseen: bool) -> list[dict[str, Any]]:
         """Render each request of `split` with one template, drawn by a stable hash of the request."""
@@ -182,7 +230,8 @@ class RecDataModule(L.LightningDataModule):
         assert self.tokenizer is not None
         fn = partial(encode_rows, tokenizer=self.tokenizer, tokens=self.tokens, max_length=self.hparams.max_length,
                      train=train)
-        return Dataset.from_list(rows).map(fn, batched=True)
+        num_proc = self.hparams.num_proc if self.hparams.num_proc > 1 and len(rows) >= 1000 else None
+        return Dataset.from_list(rows).map(fn, batched=True, num_proc=num_proc)
 
     @property
     def tokens(self) -> GLMTokens:

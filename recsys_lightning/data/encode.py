@@ -1,8 +1,10 @@
-"""Tokenization bound late: rendered prompts -> Part A token ids (and, for training, the full blank-infilling layout)."""
+"""Tokenization bound late: rendered prompts -> Part A token ids (and, for training, the full blank-infilling
+layout), with entity character spans carried over as token ranges."""
 
 from __future__ import annotations
 
-from typing import Any
+import bisect
+from typing import Any, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
@@ -29,19 +31,56 @@ def part_a_ids(prompt: list[int], tokens: GLMTokens, budget: int, where: str) ->
     return ids, 1 + masks[0] - max(overflow, 0)
 
 
+def entity_token_spans(offsets: Sequence[tuple[int, int]], entities: Sequence[Sequence[Any]]) -> list[tuple[int, int]]:
+    """Token ranges [start, end) covering each character span (start, end, ...): every token that overlaps an
+    entity's characters belongs to it, so masking a whole token range never cuts an entity."""
+    starts = [a for a, _ in offsets]
+    ends = [b for _, b in offsets]
+    spans = []
+    for entity in entities:
+        first = bisect.bisect_right(ends, int(entity[0]))  # first token ending after the entity starts
+        stop = bisect.bisect_left(starts, int(entity[1]))  # tokens starting before the entity ends
+        if first < stop:
+            spans.append((first, stop))
+    return spans
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase,
+             texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    """Token ids and character offsets of each text, without special tokens. Fast tokenizers go straight to
+    their Rust backend (the transformers wrapper costs more than the tokenization itself on large builds)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        return [e.ids for e in encodings], [e.offsets for e in encodings]
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return encoded["input_ids"], encoded["offset_mapping"]
+
+
+def encode_described(tokenizer: PreTrainedTokenizerBase, text: str,
+                     entities: Sequence[Sequence[Any]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of a described text (see `data/textualize.py`) and its entities as token ranges."""
+    ids, offsets = tokenize(tokenizer, [text])
+    return ids[0], entity_token_spans(offsets[0], entities)
+
+
 def encode_rows(batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase, tokens: GLMTokens,
                 max_length: int, train: bool) -> dict[str, list[Any]]:
-    """`datasets.map` function: add Part A ids and mask index (eval) or the full layout (train)."""
-    prompts = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-    targets = tokenizer(batch["target"], add_special_tokens=False)["input_ids"]
+    """`datasets.map` function: add Part A ids and mask index (eval) or the full layout (train), and each
+    entity's token range in Part A (`entity_tokens`; entities cut off by a long prompt are dropped)."""
+    prompts, offsets = tokenize(tokenizer, batch["text"])
+    targets, _ = tokenize(tokenizer, batch["target"])
     out: dict[str, list[Any]] = {}
-    for prompt, target, template in zip(prompts, targets, batch["template"]):
+    for i, (prompt, target, template) in enumerate(zip(prompts, targets, batch["template"])):
         where = f"template {template!r}"
         ids, mask_index = part_a_ids(prompt, tokens, max_length - len(target) - 2, where)
         if train:
             row = infill(ids, [Blank(mask_index, target)], tokens)
         else:
             row = {"input_ids": ids, "mask_index": mask_index, "target_ids": target}
+        shift = mask_index - prompt.index(ids[mask_index])
+        spans = entity_token_spans(offsets[i], batch["entity_spans"][i])
+        row["entity_tokens"] = [[a + shift, b + shift] for a, b in spans if a + shift >= 1]
         for key, value in row.items():
             out.setdefault(key, []).append(value)
     return out

@@ -1,7 +1,24 @@
-"""Item indexing: how each item is written as text, and so as the token sequence the Trie holds."""
+"""Item indexing: how each item is written as text, and so as the token sequence the Trie holds.
+
+Every index except `p5` is leak-free: it is built from the training interactions first (all but each user's
+last two), so no held-out target item changes how a training item is written.
+
+| kind | an item is written as |
+|---|---|
+| `sequential` | 1..N in order of first appearance over training interactions, then the rest (seeded order) |
+| `random` | a seeded permutation of 1..K over the K training items, then K+1.. for the rest |
+| `title` | its title (NFKC, whitespace collapsed), made unique by " (2)", " (3)" ... in training order |
+| `atomic` | one new vocabulary token `<item_N>` (N as in `sequential`): ranking the catalog is one softmax |
+| `p5` | the dataset's original P5 number: assigned over whole sequences, test items included, it leaks; P5 only |
+
+P5 numbered items by first appearance over the users' whole sequences, test items included, so a held-out item
+often gets the number right after its user's history (Beauty user 1: `1 2 3 4` then test item `5`), which a
+model can exploit; `p5` is kept only to reproduce P5's results.
+"""
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Callable
 
 import numpy as np
@@ -11,13 +28,17 @@ from recsys_lightning.data.splits import training_sequences
 
 
 class ItemIndex:
-    """A one-to-one map between dense item ids and the strings that stand for them in prompts."""
+    """A one-to-one map between dense item ids and the strings that stand for them in prompts.
 
-    def __init__(self, kind: str, strings: list[str]) -> None:
+    `new_tokens` are vocabulary entries the tokenizer must gain (atomic ids), in a leak-free order.
+    """
+
+    def __init__(self, kind: str, strings: list[str], new_tokens: tuple[str, ...] = ()) -> None:
         if len(set(strings)) != len(strings):
             raise DataError(f"item index {kind!r}: two items render to the same string")
         self.kind = kind
         self.strings = strings
+        self.new_tokens = new_tokens
         self._lookup = {s: i for i, s in enumerate(strings)}
 
     def __len__(self) -> int:
@@ -31,29 +52,80 @@ class ItemIndex:
         return self._lookup.get(text.strip())
 
 
+def training_order(data: RecData, seed: int) -> tuple[list[int], int]:
+    """Items by first appearance over training interactions, then held-out-only items by seeded hash of their id;
+    and how many items the training interactions hold."""
+    seen = np.zeros(data.num_items, dtype=bool)
+    order: list[int] = []
+    for seq in training_sequences(data):
+        for item in seq.tolist():
+            if not seen[item]:
+                seen[item] = True
+                order.append(item)
+    rest = sorted(np.flatnonzero(~seen).tolist(), key=lambda i: seeded_hash(seed, data.items[i]))
+    return order + rest, len(order)
+
+
+def _numbers(data: RecData, seed: int) -> list[int]:
+    number = [0] * data.num_items
+    for n, item in enumerate(training_order(data, seed)[0], 1):
+        number[item] = n
+    return number
+
+
 def sequential_ids(data: RecData, seed: int) -> ItemIndex:
     """Numbers 1..N in order of first appearance over training interactions, then the rest (leak-free)."""
-    number = np.zeros(data.num_items, dtype=np.int64)
-    nxt = 1
-    for seq in training_sequences(data):
-        for item in seq:
-            if number[item] == 0:
-                number[item] = nxt
-                nxt += 1
-    rest = sorted((i for i in range(data.num_items) if number[i] == 0), key=lambda i: seeded_hash(seed, data.items[i]))
-    for item in rest:
-        number[item] = nxt
-        nxt += 1
-    return ItemIndex("sequential", [str(n) for n in number])
+    return ItemIndex("sequential", [str(n) for n in _numbers(data, seed)])
 
 
 def random_ids(data: RecData, seed: int) -> ItemIndex:
-    """A seeded random permutation of 1..N."""
-    perm = np.random.default_rng(seed).permutation(data.num_items) + 1
-    return ItemIndex("random", [str(n) for n in perm])
+    """A seeded permutation of 1..K over the K training items; held-out-only items follow (leak-free)."""
+    order, trained = training_order(data, seed)
+    perm = np.random.default_rng(seed).permutation(trained) + 1
+    strings = [""] * data.num_items
+    for position, item in enumerate(order):
+        strings[item] = str(perm[position] if position < trained else position + 1)
+    return ItemIndex("random", strings)
 
 
-INDEXERS: dict[str, Callable[[RecData, int], ItemIndex]] = {"sequential": sequential_ids, "random": random_ids}
+def title_ids(data: RecData, seed: int) -> ItemIndex:
+    """Titles (NFKC-normalized like our tokenizers' input), unique by a " (n)" suffix assigned in training order;
+    an item without a title is written `item <raw id>`."""
+    titles = data.item_features.get("title")
+    if titles is None:
+        raise DataError(f"data.item_index: 'title' needs item titles, and dataset {data.name!r} has none "
+                        f"(its item features: {sorted(data.item_features)})")
+    strings = [""] * data.num_items
+    taken: set[str] = set()
+    for item in training_order(data, seed)[0]:
+        base = " ".join(unicodedata.normalize("NFKC", titles[item] or "").split()) or f"item {data.items[item]}"
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base} ({n})"
+        taken.add(name)
+        strings[item] = name
+    return ItemIndex("title", strings)
+
+
+def atomic_ids(data: RecData, seed: int) -> ItemIndex:
+    """One new token `<item_N>` per item, N numbered as in `sequential`; tokens listed in that order."""
+    strings = [f"<item_{n}>" for n in _numbers(data, seed)]
+    return ItemIndex("atomic", strings, tuple(sorted(strings, key=lambda s: int(s[6:-1]))))
+
+
+def p5_ids(data: RecData, seed: int) -> ItemIndex:
+    """P5's original numbers (`p5_id` from S3-Rec/P5 folders). Leaks the held-out order: reproduction only."""
+    numbers = data.item_features.get("p5_id")
+    if numbers is None or any(n is None for n in numbers):
+        raise DataError(f"data.item_index: 'p5' needs the dataset's original P5 numbering (an S3-Rec/P5 folder); "
+                        f"dataset {data.name!r} has none")
+    return ItemIndex("p5", [str(n) for n in numbers])
+
+
+INDEXERS: dict[str, Callable[[RecData, int], ItemIndex]] = {
+    "sequential": sequential_ids, "random": random_ids, "title": title_ids, "atomic": atomic_ids, "p5": p5_ids,
+}
 
 
 def build_index(kind: str, data: RecData, seed: int) -> ItemIndex:

@@ -1,10 +1,10 @@
-"""The common schema every adapter feeds: users, items, time-ordered interactions, ratings and review text."""
+"""The common schema every adapter feeds: users, items, time-ordered interactions, ratings, review text, features."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -25,6 +25,9 @@ class RecData:
 
     Interaction columns are parallel arrays; user `u`'s interactions are `offsets[u]:offsets[u + 1]`.
     `rating` is NaN where the source has none; `review`/`summary` are empty strings where absent.
+    `item_features[name][item]` / `user_features[name][user]` hold a string, a number, a list of strings,
+    or None where the source has no value. `templates` are the dataset's declared descriptions
+    (`{"user": ..., "item": ...}`, see `data/textualize.py`).
     """
 
     name: str
@@ -39,6 +42,7 @@ class RecData:
     offsets: np.ndarray
     item_features: dict[str, list[Any]] = field(default_factory=dict)
     user_features: dict[str, list[Any]] = field(default_factory=dict)
+    templates: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -52,13 +56,20 @@ class RecData:
         summaries: Sequence[str] | None = None,
         seed: int = 0,
         source: str = "",
+        item_features: Mapping[str, Mapping[str, Any]] | None = None,
+        user_features: Mapping[str, Mapping[str, Any]] | None = None,
+        templates: Mapping[str, str] | None = None,
     ) -> RecData:
-        """Assign dense ids (sorted raw ids) and order each user's interactions by time, then seeded hash."""
+        """Assign dense ids (raw ids sorted; numerically when all are integers) and order each user's
+        interactions by time, then seeded hash.
+
+        Features map a feature name to {raw key: value}; keys without a value get None.
+        """
         n = len(user_keys)
         if n == 0:
             raise DataError(f"{source or name}: the dataset has no interactions")
-        users = sorted(set(user_keys))
-        items = sorted(set(item_keys))
+        users = _ordered(user_keys)
+        items = _ordered(item_keys)
         uid = {u: i for i, u in enumerate(users)}
         iid = {it: i for i, it in enumerate(items)}
         user = np.fromiter((uid[u] for u in user_keys), dtype=np.int64, count=n)
@@ -70,7 +81,8 @@ class RecData:
         text = lambda col: [""] * n if col is None else [col[i] for i in order]  # noqa: E731
         offsets = np.searchsorted(user[order], np.arange(len(users) + 1))
         return cls(name, users, items, user[order], item[order], ts[order], rating[order], text(reviews),
-                   text(summaries), offsets)
+                   text(summaries), offsets, _align(item_features, items, "item", source or name),
+                   _align(user_features, users, "user", source or name), dict(templates or {}))
 
     @property
     def num_users(self) -> int:
@@ -98,3 +110,23 @@ class RecData:
             "avg_sequence_length": round(float(lengths.mean()), 2),
             "sparsity": round(1.0 - len(self.item) / (self.num_users * self.num_items), 5),
         }
+
+
+def _ordered(keys: Sequence[str]) -> list[str]:
+    """Distinct raw ids sorted, numerically when every id is an integer (MovieLens user 2 is dense id 1)."""
+    distinct = set(keys)
+    numeric = all(k.isdigit() for k in distinct)
+    return sorted(distinct, key=int) if numeric else sorted(distinct)
+
+
+def _align(features: Mapping[str, Mapping[str, Any]] | None, keys: list[str], kind: str,
+           source: str) -> dict[str, list[Any]]:
+    """Feature columns in dense-id order; a value for a key with no interaction is an error."""
+    known = set(keys)
+    out: dict[str, list[Any]] = {}
+    for name, values in (features or {}).items():
+        unknown = next((k for k in values if k not in known), None)
+        if unknown is not None:
+            raise DataError(f"{source}: {kind} feature {name!r} names {kind} {unknown!r}, which has no interaction")
+        out[name] = [values.get(k) for k in keys]
+    return out

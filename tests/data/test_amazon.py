@@ -59,3 +59,54 @@ def test_missing_folder_and_file(tmp_path):
 def test_empty_dataset(tmp_path):
     with pytest.raises(DataError, match="no interactions"):
         load_dataset("amazon_reviews", write(tmp_path, [""]), 0)
+
+
+def write_meta(root, lines):
+    with gzip.open(root / "meta_Tiny.json.gz", "wt") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def test_meta_file_adds_titles_brands_categories_and_prices(tiny_reviews, tmp_path):
+    import shutil
+
+    root = tmp_path / "tiny"
+    shutil.copytree(tiny_reviews, root)
+    asins = sorted({json.loads(line)["asin"] for line in gzip.open(root / "reviews_Tiny_5.json.gz", "rt")})
+    write_meta(root, [
+        repr({"asin": asins[0], "title": "Fender Picks &amp; Strings", "brand": "Fender", "price": 7.5,
+              "categories": [["Musical Instruments", "Instrument Accessories"], ["Musical Instruments", "Picks"]]}),
+        json.dumps({"asin": asins[1], "title": "A Tuner"}),
+        repr({"asin": "B0NOTREVIEWED", "title": "never reviewed"}),
+        "{'asin': 'B0NOTREVIEWED2', broken",
+    ])
+    data = load_dataset("amazon_reviews", root, 0)
+    first = data.items.index(asins[0])
+    assert data.item_features["title"][first] == "Fender Picks & Strings"
+    assert data.item_features["categories"][first] == ["Musical Instruments", "Instrument Accessories", "Picks"]
+    assert data.item_features["price"][first] == "7.50" and data.item_features["brand"][first] == "Fender"
+    assert data.item_features["title"][data.items.index(asins[1])] == "A Tuner"
+    assert data.item_features["title"][data.items.index(asins[2])] is None
+
+    from recsys_lightning.data.indexing import build_index
+    from recsys_lightning.data.textualize import describe_item
+
+    text = describe_item(data, build_index("sequential", data, 0), first).text
+    assert text.endswith(" is Fender Picks & Strings by Fender, in Musical Instruments, Instrument Accessories, "
+                         "Picks, priced at $7.50")
+    write_meta(root, [json.dumps({"asin": asins[1], "title": "ok"}), "{'asin': '%s', 'title': broken" % asins[0]])
+    with pytest.raises(DataError, match=r"meta_Tiny.json.gz:2: expected a JSON or python-literal object"):
+        load_dataset("amazon_reviews", root, 0)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "amazon_musical_instruments_5core").is_dir(), reason="shared data absent")
+def test_a_broken_copy_of_the_raw_file_names_the_line(tmp_path):
+    source = SHARED_DATA / "amazon_musical_instruments_5core" / "reviews_Musical_Instruments_5.json.gz"
+    lines = gzip.open(source, "rt").read().splitlines()
+    row = json.loads(lines[4999])
+    del row["unixReviewTime"]
+    lines[4999] = json.dumps(row)
+    tmp_path.mkdir(exist_ok=True)
+    with gzip.open(tmp_path / source.name, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"reviews_Musical_Instruments_5.json.gz:5000: key 'unixReviewTime' missing"):
+        load_dataset("amazon_reviews", tmp_path, 0)

@@ -33,7 +33,7 @@ def cli(sub: str, tmp: Path, root: Path, *configs: Path | str, extra: tuple[str,
     for config in (CONFIGS / "demo.yaml", *configs):
         args += ["--config", str(config)]
     args += [*SHORT, "--data.root", str(root), "--trainer.default_root_dir", str(tmp),
-             "--trainer.logger.init_args.save_dir", str(tmp / "logs"), *extra]
+             "--trainer.logger.init_args.save_dir", str(tmp / "logs"), "--data.cache_dir", str(tmp / "cache"), *extra]
     main(args + (["--checkpoint.dirpath", str(tmp / "ckpt")] if sub == "fit" else []))
 
 

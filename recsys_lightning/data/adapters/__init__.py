@@ -6,12 +6,18 @@ from pathlib import Path
 from typing import Callable
 
 from recsys_lightning.data.adapters.amazon import read_amazon_reviews
+from recsys_lightning.data.adapters.movielens import read_movielens
+from recsys_lightning.data.adapters.restaurant import read_restaurant
+from recsys_lightning.data.adapters.s3rec import read_s3rec
 from recsys_lightning.data.schema import DataError, RecData
 
 Adapter = Callable[[Path, int], RecData]
 
 ADAPTERS: dict[str, Adapter] = {
     "amazon_reviews": read_amazon_reviews,
+    "s3rec": read_s3rec,
+    "movielens": read_movielens,
+    "restaurant": read_restaurant,
 }
 
 

@@ -1,0 +1,113 @@
+"""On-disk cache of built examples: Arrow datasets (`datasets.save_to_disk`) and the locally trained tokenizer
+in one folder per key, the key hashing the data files and every config value that changes the rows.
+
+Writes are atomic: each entry is built in a temporary folder and renamed into place, so a failed or
+interrupted build leaves existing entries untouched, and concurrent builders (one per process) never mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from datasets import Dataset
+from tokenizers import Tokenizer
+from transformers import PreTrainedTokenizerBase
+
+from recsys_lightning.data.tokenizer import wrap_tokenizer
+
+PACKAGE = Path(__file__).resolve().parent.parent
+# Source files whose code shapes the rows: every data module, prompt rendering, the family base, the layout.
+CODE = ("data/**/*.py", "prompts.py", "family.py", "model/layout.py")
+
+
+def _sha(chunks: Iterable[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(hashlib.sha256(chunk).digest())
+    return digest.hexdigest()
+
+
+def files_hash(paths: Iterable[Path]) -> str:
+    """Content hash of files (their names included)."""
+    return _sha(p.name.encode() + b"\0" + p.read_bytes() for p in paths)
+
+
+def code_hash() -> str:
+    """Hash of the package sources that build examples, so a code change never serves stale rows."""
+    return files_hash(sorted(p for pattern in CODE for p in PACKAGE.glob(pattern)))
+
+
+def data_fingerprint(root: Path) -> list[list[Any]]:
+    """[relative path, size, mtime_ns] of every file under the dataset folder."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return [[str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Identity of a tokenizer: its serialized form when fast, else its class, name and vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return _sha([backend.to_str().encode()])
+    vocab = sorted(tokenizer.get_vocab().items())
+    return _sha([type(tokenizer).__name__.encode(), str(tokenizer.name_or_path).encode(), repr(vocab).encode()])
+
+
+def key_hash(key: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class ExampleCache:
+    """One key folder: `key.json` (what the key hashes), `tokenizer.json`, and Arrow datasets by name."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @classmethod
+    def open(cls, cache_dir: str | Path, name: str, key: Mapping[str, Any]) -> ExampleCache:
+        """The folder `<cache_dir>/<name>-<hash of key>`, created with its `key.json` when new."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        cache = cls(Path(cache_dir) / f"{safe}-{key_hash(key)[:16]}")
+        cache.folder.mkdir(parents=True, exist_ok=True)
+        if not (cache.folder / "key.json").is_file():
+            cache._publish(cache.folder / "key.json",
+                           lambda tmp: tmp.write_text(json.dumps(key, indent=1, sort_keys=True, default=str)))
+        return cache
+
+    def _publish(self, target: Path, write: Callable[[Path], None]) -> None:
+        """Write into a fresh temporary path, then rename it to `target`; an entry already there wins."""
+        tmp = self.folder / f".tmp-{target.name}-{uuid.uuid4().hex}"
+        try:
+            write(tmp)
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if not target.exists():
+                    raise
+        finally:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif tmp.exists():
+                tmp.unlink()
+
+    def dataset(self, name: str, build: Callable[[], Dataset]) -> Dataset:
+        """The cached dataset `name` (a relative path), built and saved first when absent."""
+        path = self.folder / name
+        if not path.is_dir():
+            built = build()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._publish(path, lambda tmp: built.save_to_disk(str(tmp)))
+        return Dataset.load_from_disk(str(path))
+
+    def tokenizer(self, build: Callable[[], PreTrainedTokenizerBase]) -> PreTrainedTokenizerBase:
+        """The cached locally trained tokenizer, trained and saved first when absent."""
+        path = self.folder / "tokenizer.json"
+        if not path.is_file():
+            built = build()
+            self._publish(path, lambda tmp: tmp.write_text(built.backend_tokenizer.to_str()))
+        return wrap_tokenizer(Tokenizer.from_file(str(path)))
