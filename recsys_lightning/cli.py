@@ -66,7 +66,7 @@ def list_tasks(argv: Sequence[str]) -> None:
     for name, cls in sorted(discover(args.task_dirs).items()):
         family = cls()
         table.add_row(name, cls.source, str(len(family.prompts.seen)), str(len(family.prompts.unseen)),
-                      ", ".join(family.metrics()))
+                      ", ".join(family.metric_names()))
     Console(width=200).print(table)
 
 

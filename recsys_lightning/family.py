@@ -5,12 +5,16 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 
 import torch
 from torchmetrics import Metric
 
+from recsys_lightning.data.tokenizer import GLMTokens
+from recsys_lightning.generation.answers import AnswerSet
+from recsys_lightning.generation.trie import ItemTrie
 from recsys_lightning.prompts import PromptSet, Template, load_prompts
 
 if TYPE_CHECKING:
@@ -33,11 +37,24 @@ class Request:
 
 @dataclass
 class FamilyContext:
-    """What a family may read after set-up: the dataset, its item index and the tokenizer."""
+    """What a family may read after set-up: the dataset, its item index and the tokenizer, plus the catalog's
+    token sequences and Trie, built once and shared by every family that ranks items."""
 
     data: RecData
     index: ItemIndex
     tokenizer: PreTrainedTokenizerBase
+    seed: int = 0
+
+    @cached_property
+    def item_trie(self) -> ItemTrie:
+        """Every item's rendering as tokens, ending with <|endofpiece|>."""
+        renders = [self.index.render(i) for i in range(len(self.index))]
+        sequences = self.tokenizer(renders, add_special_tokens=False)["input_ids"]
+        return ItemTrie(sequences, GLMTokens.of(self.tokenizer).eop)
+
+    def answers(self, texts: Sequence[str]) -> AnswerSet:
+        """A closed set of short answers ("1".."5", "yes"/"no", attribute values) decoded by exact scoring."""
+        return AnswerSet(texts, self.tokenizer)
 
 
 def seeded_choice(options: Sequence[Template], *keys: object) -> Template:
@@ -49,8 +66,11 @@ def seeded_choice(options: Sequence[Template], *keys: object) -> Template:
 class TaskFamily(ABC):
     """A task family: prompt templates, how requests come from the data, how outputs are decoded and scored.
 
-    Subclasses set `slots` (what their requests fill), `entity_slots` (which slot values are entities) and
-    implement `requests`, `metrics` and `evaluate`. Registration stamps `name` and `source`.
+    Subclasses set `slots` (what their requests fill; every request fills all of them, so any template can be
+    drawn for it), `entity_slots` (which slot values are entities) and implement `requests`, `metrics`,
+    `evaluate` and `predict`. A template's target slot says what is decoded and scored: the core evaluates
+    one stream per (seen/unseen, target slot) and hands the stream's target to the family as
+    `batch["target_slot"]`. Registration stamps `name` and `source`.
     """
 
     name: ClassVar[str] = ""
@@ -97,30 +117,59 @@ class TaskFamily(ABC):
     def requests(self, data: RecData, split: str) -> Iterator[Request]:
         """Yield the requests of one split ('train', 'val' or 'test')."""
 
+    def evaluates(self, template: Template) -> bool:
+        """Whether `template` is used for evaluation (all are trained on when seen)."""
+        return True
+
+    def eval_rows(self, request: Request, template: Template) -> list[Request]:
+        """The rows one evaluation request becomes under `template` (several when each candidate is its own
+        prompt, as in yes/no ranking); they share the request's id."""
+        return [request]
+
     # --- evaluation ----------------------------------------------------------------------------
     @abstractmethod
-    def metrics(self) -> dict[str, Metric]:
-        """Fresh torchmetrics for one evaluation stream (the core keeps one set per split and seen/unseen)."""
+    def metrics(self, target: str) -> dict[str, Metric]:
+        """Fresh torchmetrics for the evaluation streams of templates whose target slot is `target`."""
 
     @abstractmethod
     def evaluate(self, generator: Generator, batch: dict[str, Any], metrics: dict[str, Metric]) -> None:
-        """Decode a batch of Part A prompts and update `metrics`."""
+        """Decode a batch of Part A prompts (target slot `batch["target_slot"]`) and update `metrics`."""
 
     @abstractmethod
     def predict(self, generator: Generator, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        """Decode a batch into JSON-ready answers, one per request."""
+        """Decode a batch into JSON-ready answers, one per row."""
+
+    def eval_targets(self, unseen: bool) -> list[str]:
+        """Target slots of the evaluated seen (or unseen) templates, in file order."""
+        templates = self.prompts.unseen if unseen else self.prompts.seen
+        return list(dict.fromkeys(t.target for t in templates if self.evaluates(t)))
+
+    def metric_names(self) -> list[str]:
+        """Every metric this family reports (the names `recsys-lightning tasks` lists)."""
+        targets = dict.fromkeys(self.eval_targets(False) + self.eval_targets(True))
+        # a metric that reports several values (ROUGE) names them in KEYS
+        return [key for target in targets for name, metric in self.metrics(target).items()
+                for key in getattr(metric, "KEYS", (name,))]
 
     # --- collation -----------------------------------------------------------------------------
     def collate_meta(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        """Batch the family's metadata columns: equal-length int lists become tensors, the rest stay lists."""
+        """Batch the family's metadata columns: ints and floats become tensors, anything else stays a list."""
         out: dict[str, Any] = {}
         for key in self.meta_columns:
             values = [row[key] for row in rows]
             if all(isinstance(v, int) for v in values):
                 out[key] = torch.tensor(values, dtype=torch.long)
+            elif all(isinstance(v, (int, float)) for v in values):
+                out[key] = torch.tensor(values, dtype=torch.float)
             else:
                 out[key] = values
         return out
+
+    def ranked_items(self, user: int, items: Sequence[int], scores: Sequence[float]) -> dict[str, Any]:
+        """A prediction line for ranking families: the user and the items best first, by raw ids."""
+        data = self.ctx.data
+        return {"user": data.users[user],
+                "items": [{"item": data.items[i], "score": round(float(s), 4)} for i, s in zip(items, scores) if i >= 0]}
 
     @property
     def ctx(self) -> FamilyContext:

@@ -68,7 +68,7 @@ class RecSysLLM(L.LightningModule):
         prefix = STAGE_PREFIX[stage]
         if prefix != "predict":
             for i, stream in enumerate(self.streams):
-                metrics = MetricCollection(stream.family.metrics(), prefix=f"{prefix}/{stream.prefix}")
+                metrics = MetricCollection(stream.family.metrics(stream.target), prefix=f"{prefix}/{stream.prefix}")
                 self.metric_sets[f"{prefix}_{i}"] = metrics
 
     def configure_model(self) -> None:

@@ -15,6 +15,10 @@ from recsys_lightning.model.glm import GLMConfig, GLMModel
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+# CLI overrides that turn the five-family demo recipe into a seconds-long sequential-only run for tests.
+ONE_EPOCH = ["--trainer.max_steps", "-1", "--trainer.max_epochs", "1", "--trainer.val_check_interval", "1.0",
+             "--trainer.check_val_every_n_epoch", "1"]
+SEQUENTIAL_ONLY = ["--data.tasks", '[{"name": "sequential"}]', "--checkpoint.monitor", "val/sequential/ndcg@10"]
 CORPUS = ["user bought items in this order next item is great guitar strings and a tuner " + " ".join(map(str, range(100)))]
 
 

@@ -11,13 +11,14 @@ import yaml
 
 from recsys_lightning.cli import main
 from recsys_lightning.registry import builtin_dir
+from tests.conftest import ONE_EPOCH, SEQUENTIAL_ONLY
 
 TINY = [
     "--model.backbone.init_args.hidden_size", "32", "--model.backbone.init_args.num_layers", "1",
     "--model.backbone.init_args.num_attention_heads", "2", "--data.vocab_size", "300",
     "--data.batch_size", "16", "--data.eval_batch_size", "32", "--model.beam_size", "10",
     "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.log_every_n_steps", "1",
-    "--trainer.enable_progress_bar", "false", "--trainer.check_val_every_n_epoch", "1",
+    "--trainer.enable_progress_bar", "false", *ONE_EPOCH,
 ]
 
 
@@ -31,21 +32,22 @@ def run(sub: str, tmp: Path, root: Path, *extra: str, config: str = "lightning_c
 
 
 def test_fit_then_test_writes_checkpoints_and_results(tmp_path, tiny_reviews, capsys):
-    run("fit", tmp_path, tiny_reviews)
+    run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY)
     assert (tmp_path / "ckpt" / "last.ckpt").is_file() and (tmp_path / "ckpt" / "best.ckpt").is_file()
-    out = run("test", tmp_path, tiny_reviews, "--ckpt_path", str(tmp_path / "ckpt" / "best.ckpt"))
+    out = run("test", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, "--ckpt_path", str(tmp_path / "ckpt" / "best.ckpt"))
     results = json.loads((out / "results.json").read_text())
     seq = results["metrics"]["sequential"]
     for name in ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "unseen/hr@10", "unseen/ndcg@10"):
         assert 0.0 <= seq[name] <= 1.0
     assert seq["hr@5"] <= seq["hr@10"]
-    assert results["dataset"]["users"] == 40 and results["dataset"]["examples"]["sequential"]["test"] == 40
+    assert results["dataset"]["users"] == 40 and results["dataset"]["examples"]["sequential"]["test-seen-item"] == 40
     assert results["checkpoint"].endswith("best.ckpt")
     assert results["config"]["data"]["root"] == str(tiny_reviews)
     printed = capsys.readouterr().out
     assert "results: " in printed and "test metrics" in printed
 
-    predicted = run("predict", tmp_path, tiny_reviews, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"))
+    predicted = run("predict", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, "--ckpt_path",
+                    str(tmp_path / "ckpt" / "last.ckpt"))
     lines = [json.loads(line) for line in (predicted / "predictions.jsonl").read_text().splitlines()]
     assert len(lines) == 2 * 40  # seen and unseen template streams
     assert len(lines[0]["items"]) == 10 and lines[0]["task"] == "sequential"
@@ -53,8 +55,31 @@ def test_fit_then_test_writes_checkpoints_and_results(tmp_path, tiny_reviews, ca
     assert scores == sorted(scores, reverse=True)
 
 
+FAMILY_METRICS = {
+    "sequential": ["hr@5", "hr@10", "ndcg@5", "ndcg@10"],
+    "direct": ["hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "yes_no/hr@1", "yes_no/ndcg@10"],
+    "rating": ["rmse", "mae", "unparsed_rate"],
+    "explanation": ["bleu4", "rouge1", "rouge2", "rougeL"],
+    "review": ["bleu2", "rouge1", "rouge2", "rougeL", "rmse", "mae", "unparsed_rate"],
+}
+
+
+def test_the_five_families_train_in_one_run_and_report_every_metric_seen_and_unseen(tmp_path, tiny_reviews):
+    run("fit", tmp_path, tiny_reviews, "--trainer.limit_val_batches", "1")
+    out = run("test", tmp_path, tiny_reviews, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"),
+              "--trainer.limit_test_batches", "2")
+    metrics = json.loads((out / "results.json").read_text())["metrics"]
+    assert set(metrics) == set(FAMILY_METRICS)
+    for family, names in FAMILY_METRICS.items():
+        for name in names:
+            assert name in metrics[family] and f"unseen/{name}" in metrics[family], (family, name)
+    assert metrics["rating"]["unparsed_rate"] == 0.0  # constrained decoding always yields a valid rating
+    assert 0.0 <= metrics["rating"]["mae"] <= 4.0
+
+
 def test_lora_run_trains_only_adapters(tmp_path, tiny_reviews):
-    run("fit", tmp_path, tiny_reviews, "--model.lora", "{r: 4, alpha: 8}", "--trainer.limit_val_batches", "1")
+    run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, "--model.lora", "{r: 4, alpha: 8}",
+        "--trainer.limit_val_batches", "1")
     import torch
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
     assert any("lora_A" in k for k in state)
@@ -92,7 +117,7 @@ PLUGIN = textwrap.dedent('''
                     yield Request({"user": f"user_{user}", "item": self.ctx.index.render(int(data.item[row])),
                                    "rating": str(rating)}, {"rating_value": rating})
 
-        def metrics(self):
+        def metrics(self, target):
             return {"mae": MeanAbsoluteError()}
 
         def evaluate(self, generator, batch, metrics):
@@ -148,4 +173,5 @@ def test_every_shipped_config_parses(path, capsys):
 
 def test_bad_family_option_fails_before_training(tmp_path, tiny_reviews):
     with pytest.raises(ValueError, match=r"data.tasks\[0\] \(sequential\): bad options"):
-        run("fit", tmp_path, tiny_reviews, "--data.tasks", '[{"name": "sequential", "options": {"colour": 1}}]')
+        run("fit", tmp_path, tiny_reviews, "--data.tasks", '[{"name": "sequential", "options": {"colour": 1}}]',
+            "--checkpoint.monitor", "val/sequential/ndcg@10")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import lightning as L
+import numpy as np
 import torch
 from datasets import Dataset
 from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
@@ -35,23 +36,36 @@ class TaskSpec:
         name: the registered family name (see `recsys-lightning tasks`).
         weight: relative sampling weight of the family's training examples.
         options: keyword options of the family's constructor.
+        max_eval_requests: evaluate at most this many validation/test requests (a seeded subset); None = all.
     """
 
     name: str
     weight: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
+    max_eval_requests: int | None = None
 
 
 @dataclass(frozen=True)
 class EvalStream:
-    """One evaluation dataloader: a family's requests under its seen or its unseen templates."""
+    """One evaluation dataloader: a family's requests under its seen or unseen templates of one target slot."""
 
     family: TaskFamily
     unseen: bool
+    target: str
+    max_requests: int | None = None
 
     @property
     def prefix(self) -> str:
         return f"{self.family.name}/unseen/" if self.unseen else f"{self.family.name}/"
+
+    @property
+    def name(self) -> str:
+        return f"{'unseen' if self.unseen else 'seen'}-{self.target}"
+
+    @property
+    def templates(self) -> tuple[Any, ...]:
+        pool = self.family.prompts.unseen if self.unseen else self.family.prompts.seen
+        return tuple(t for t in pool if t.target == self.target and self.family.evaluates(t))
 
 
 class RecDataModule(L.LightningDataModule):
@@ -143,7 +157,7 @@ class RecDataModule(L.LightningDataModule):
             self.tokenizer = load_tokenizer(hp.tokenizer) if hp.tokenizer else self._local_tokenizer()
         self.tokenizer.add_tokens(list(self.index.new_tokens))
         self._tokenizer_id = tokenizer_hash(self.tokenizer)[:16]
-        context = FamilyContext(self.data, self.index, self.tokenizer)
+        context = FamilyContext(self.data, self.index, self.tokenizer, hp.seed)
         for family in self.families:
             family.setup(context)
 
@@ -188,36 +202,47 @@ class RecDataModule(L.LightningDataModule):
         self.load()
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}[stage]
         if "train" in splits and not self._train:
-            self._train = [self._examples(f, "train", unseen=False) for f in self.families]
-        self.eval_streams = [EvalStream(f, unseen) for f in self.families for unseen in (False, True)
-                             if not unseen or f.prompts.unseen]
+            self._train = [self._examples(f, "train") for f in self.families]
+        self.eval_streams = [EvalStream(f, unseen, target, spec["max_eval_requests"])
+                             for f, spec in zip(self.families, self.hparams.tasks)
+                             for unseen in (False, True) for target in f.eval_targets(unseen)]
         for split in splits:
             if split != "train" and split not in self._eval:
-                self._eval[split] = [self._examples(s.family, split, s.unseen) for s in self.eval_streams]
+                self._eval[split] = [self._examples(s.family, split, s) for s in self.eval_streams]
 
     def prepare_data(self) -> None:
         """Build the example cache once per node (Lightning calls this on local rank 0 before every `setup`)."""
         if self.hparams.cache_dir and self.trainer is not None:
             self.setup(str(self.trainer.state.fn.value))
 
-    def _examples(self, family: TaskFamily, split: str, unseen: bool) -> Dataset:
-        """One stream's encoded examples, from the cache when it holds them."""
+    def _examples(self, family: TaskFamily, split: str, stream: EvalStream | None = None) -> Dataset:
+        """Training examples, or one evaluation stream's, encoded; from the cache when it holds them."""
         def build() -> Dataset:
-            return self._encode(self._rows(family, split, unseen), train=split == "train")
+            return self._encode(self._rows(family, split, stream), train=stream is None)
         if self.cache is None:
             return build()
-        name = f"examples-{self._tokenizer_id}/{family.name}/{split}{'_unseen' if unseen else ''}"
+        limit = f"-max{stream.max_requests}" if stream is not None and stream.max_requests else ""
+        name = f"examples-{self._tokenizer_id}/{family.name}/{split}{'-' + stream.name if stream else ''}{limit}"
         return self.cache.dataset(name, build)
 
-    def _rows(self, family: TaskFamily, split: str, unseen: bool) -> list[dict[str, Any]]:
-        """Render each request of `split` with one template, drawn by a stable hash of the request."""
+    def _rows(self, family: TaskFamily, split: str, stream: EvalStream | None) -> list[dict[str, Any]]:
+        """Render each request with one template drawn by a stable hash of the request: any seen template for
+        training, one of the stream's templates for evaluation (where a request may become several rows)."""
         assert self.data is not None
-        templates = family.prompts.unseen if unseen else family.prompts.seen
-        rows = []
-        for i, request in enumerate(family.requests(self.data, split)):
-            rows.append(self._render(family, request, seeded_choice(templates, self.hparams.seed, split, i), i))
-        if not rows:
+        seed = self.hparams.seed
+        requests = list(family.requests(self.data, split))
+        if not requests:
             raise ValueError(f"task family {family.name!r} has no {split} requests in dataset {self.data.name!r}")
+        if stream is None:
+            return [self._render(family, r, seeded_choice(family.prompts.seen, seed, split, i), i)
+                    for i, r in enumerate(requests)]
+        keep = range(len(requests))
+        if stream.max_requests is not None and stream.max_requests < len(requests):
+            keep = sorted(np.random.default_rng(seed).permutation(len(requests))[: stream.max_requests].tolist())
+        rows = []
+        for i in keep:
+            template = seeded_choice(stream.templates, seed, split, i)
+            rows += [self._render(family, row, template, i) for row in family.eval_rows(requests[i], template)]
         return rows
 
     @staticmethod
@@ -250,14 +275,14 @@ class RecDataModule(L.LightningDataModule):
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         return [DataLoader(ds, batch_size=self.hparams.eval_batch_size, shuffle=False,
-                           collate_fn=partial(self._collate_eval, stream.family),
-                           num_workers=self.hparams.num_workers)
+                           collate_fn=partial(self._collate_eval, stream), num_workers=self.hparams.num_workers)
                 for stream, ds in zip(self.eval_streams, self._eval[split])]
 
-    def _collate_eval(self, family: TaskFamily, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def _collate_eval(self, stream: EvalStream, rows: list[dict[str, Any]]) -> dict[str, Any]:
         batch = collate_part_a(rows, self.tokens.pad)
         batch["request_id"] = torch.tensor([r["request_id"] for r in rows])
-        batch.update(family.collate_meta(rows))
+        batch["target_slot"] = stream.target
+        batch.update(stream.family.collate_meta(rows))
         return batch
 
     def val_dataloader(self) -> list[DataLoader]:
@@ -277,5 +302,5 @@ class RecDataModule(L.LightningDataModule):
             counts[f.name]["train"] = len(ds)
         for split, datasets in self._eval.items():
             for stream, ds in zip(self.eval_streams, datasets):
-                counts[stream.family.name][split + ("_unseen" if stream.unseen else "")] = len(ds)
+                counts[stream.family.name][f"{split}-{stream.name}"] = len(ds)
         return {**self.data.stats(), "item_index": self.hparams.item_index, "examples": counts}

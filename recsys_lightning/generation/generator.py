@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from recsys_lightning.data.tokenizer import GLMTokens
 from recsys_lightning.generation.beam import trie_beam_search
 from recsys_lightning.generation.blank import Model
-from recsys_lightning.generation.scoring import pad_candidates, score_candidates
+from recsys_lightning.generation.scoring import score_candidates
+from recsys_lightning.generation.text import greedy_infill
 from recsys_lightning.generation.trie import ItemTrie
 
 
@@ -37,7 +38,7 @@ class Generator:
                                 candidates.to(batch["input_ids"].device), self.tokens.sop, self.tokens.eop,
                                 self.score_chunk)
 
-    def yes_no(self, batch: dict[str, Any], yes_ids: Sequence[int], no_ids: Sequence[int]) -> torch.Tensor:
-        """(B, 2) log-likelihoods of the answers "yes" and "no" in each prompt's blank; softmax gives p(yes)."""
-        pair = pad_candidates([[yes_ids, no_ids]]).expand(len(batch["input_ids"]), -1, -1)
-        return self.score_candidates(batch, pair)
+    def generate(self, batch: dict[str, Any], max_new_tokens: int) -> list[list[int]]:
+        """Greedy free text filling each prompt's blank, without <|endofpiece|>."""
+        return greedy_infill(self.model, batch["input_ids"], batch["lengths"], batch["mask_index"], self.tokens.sop,
+                             self.tokens.eop, max_new_tokens)

@@ -26,7 +26,9 @@ def test_prepare_reads_a_training_config_and_prints_stats_last(tiny_reviews, tmp
     stats = prepare(capsys, "demo.yaml", tiny_reviews, tmp_path)  # trainer/model/checkpoint sections are ignored
     assert stats["users"] == 40 and stats["items"] > 0 and stats["interactions"] > 200
     counts = stats["examples"]["sequential"]
-    assert set(counts) == {"train", "val", "val_unseen", "test", "test_unseen"} and counts["test"] == 40
+    assert set(counts) == {"train", "val-seen-item", "val-unseen-item", "test-seen-item", "test-unseen-item"}
+    assert counts["test-seen-item"] == 40
+    assert set(stats["examples"]) == {"sequential", "direct", "rating", "explanation", "review"}
     cache = Path(stats["cache"])
     built = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
     again = prepare(capsys, "demo.yaml", tiny_reviews, tmp_path)
@@ -56,7 +58,8 @@ RESTAURANT = SHARED_DATA / "uci_restaurant_consumer"
 def test_prepare_restaurant_config(tmp_path, capsys):
     stats = prepare(capsys, "restaurant.yaml", RESTAURANT, tmp_path)
     assert (stats["users"], stats["items"], stats["interactions"]) == (138, 130, 1161)
-    assert stats["examples"]["sequential"]["test"] == 138
+    assert stats["examples"]["sequential"]["test-seen-item"] == 138
+    assert set(stats["examples"]) == {"sequential", "direct", "rating", "user_attribute"}
 
 
 @pytest.mark.slow
@@ -64,5 +67,7 @@ def test_prepare_restaurant_config(tmp_path, capsys):
 def test_prepare_beauty_config(tmp_path, capsys):
     stats = prepare(capsys, "beauty.yaml", SHARED_DATA / "beauty", tmp_path)
     assert (stats["users"], stats["items"], stats["interactions"]) == (22363, 12101, 198502)
-    assert stats["examples"]["sequential"] == {"train": 198502 - 3 * 22363, "val": 22363, "val_unseen": 22363,
-                                               "test": 22363, "test_unseen": 22363}
+    assert stats["examples"]["sequential"] == {"train": 198502 - 3 * 22363, "val-seen-item": 22363,
+                                               "val-unseen-item": 22363, "test-seen-item": 22363,
+                                               "test-unseen-item": 22363}
+    assert stats["examples"]["direct"]["test-seen-item"] == 1000  # the recipe's seeded evaluation subset

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from recsys_lightning.generation.answers import AnswerSet
 from recsys_lightning.generation.generator import Generator
 from recsys_lightning.generation.scoring import pad_candidates, score_candidates
 from recsys_lightning.model.layout import collate_part_a
@@ -22,15 +23,20 @@ def test_candidate_scores_equal_brute_force_forwards(tokenizer, tokens, chunk):
         assert torch.allclose(scores[b], ref, atol=1e-4)
 
 
-def test_yes_no_scores_both_answers_as_blank_fillings(tokenizer, tokens):
+def test_answer_sets_score_every_answer_as_a_blank_filling(tokenizer, tokens):
     model = make_glm(len(tokenizer), seed=3)
     rows = [{"input_ids": p, "mask_index": p.index(min(tokens.masks))} for p in prompts(tokens)]
     batch = collate_part_a(rows, tokens.pad)
-    yes, no = [40, 41], [42]
-    out = Generator(model, tokens, beam_size=4).yes_no(batch, yes, no)
+    answers = AnswerSet(["yes", "no", "1", "5"], tokenizer)
+    generator = Generator(model, tokens, beam_size=4)
+    out = answers.scores(generator, batch)
+    ids = tokenizer(answers.texts, add_special_tokens=False)["input_ids"]
     for b, row in enumerate(rows):
-        ref = brute_force_scores(model, row["input_ids"], row["mask_index"], [yes, no], tokens)
+        ref = brute_force_scores(model, row["input_ids"], row["mask_index"], ids, tokens)
         assert torch.allclose(out[b], ref, atol=1e-4)
+        assert answers.best(generator, batch)[b] == answers.texts[int(ref.argmax())]
+    with pytest.raises(ValueError, match="distinct answers"):
+        AnswerSet(["yes", "yes"], tokenizer)
 
 
 def test_ragged_or_empty_candidates_are_rejected():

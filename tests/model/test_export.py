@@ -18,12 +18,13 @@ from recsys_lightning.model.export import export, restore
 from recsys_lightning.model.glm import GLMConfig, GLMModel
 from recsys_lightning.model.layout import blank_infilling_mask
 from recsys_lightning.registry import builtin_dir
+from tests.conftest import ONE_EPOCH, SEQUENTIAL_ONLY
 from tests.model.conftest import (one_sample, write_glm_tokenizer_config, write_gpt2_vocab, write_pretrained,
                                   write_thudm_checkpoint)
 
 CONFIGS = builtin_dir("lightning_configs").parent / "lightning_configs"
-SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
-         "--trainer.limit_test_batches", "1", "--trainer.check_val_every_n_epoch", "1",
+SHORT = [*ONE_EPOCH, *SEQUENTIAL_ONLY, "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+         "--trainer.limit_test_batches", "1",
          "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1", "--data.batch_size", "8",
          "--data.eval_batch_size", "16", "--model.beam_size", "5"]
 
