@@ -1,0 +1,147 @@
+"""Data parallelism on CPU (gloo, 2 processes): resume mid-epoch under DDP and FSDP2, exact evaluation.
+
+All two-process runs share one torchrun launch (tests/distributed_runner.py), so the libraries load once; the
+environment a test process may carry (MASTER_*, LOCAL_RANK, PL_*, ...) is removed first (see PITFALLS.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from recsys_lightning.cli import main
+from recsys_lightning.registry import builtin_dir
+from tests.conftest import REPO, write_reviews
+
+pytestmark = pytest.mark.slow
+
+CONFIGS = builtin_dir("lightning_configs")
+TINY = [
+    "--config", str(CONFIGS / "demo.yaml"),
+    "--model.backbone.init_args.hidden_size", "32", "--model.backbone.init_args.num_layers", "2",
+    "--model.backbone.init_args.num_attention_heads", "2", "--model.backbone.init_args.hidden_dropout", "0",
+    "--model.backbone.init_args.attention_dropout", "0", "--data.vocab_size", "300", "--data.batch_size", "8",
+    "--data.eval_batch_size", "16", "--model.beam_size", "10", "--trainer.enable_progress_bar", "false",
+    "--trainer.accelerator", "cpu", "--trainer.log_every_n_steps", "1",
+]
+CUT = {"ddp": 4, "fsdp2": 6}  # the step each interrupted run stops at; every run goes on to STEPS
+STEPS = 12
+LORA = ["--model.lora", "{r: 4, alpha: 8, dropout: 0.0}"]  # FSDP2 runs train LoRA adapters
+RECORD = ["--trainer.callbacks+=tests.distributed_runner.RequestLog"]
+USERS = 41  # an odd request count: a padding sampler would decode one request twice
+
+
+def cli(sub: str, out: Path, strategy: str | None, data: Path, *extra: str) -> list[str]:
+    """A CLI invocation logging under `out`; `strategy` composes lightning_configs/strategy/<strategy>.yaml."""
+    config = ["--config", str(CONFIGS / "strategy" / f"{strategy}.yaml"), "--trainer.devices", "2"] if strategy else []
+    return [sub, *TINY, *config, "--data.root", str(data), "--trainer.default_root_dir", str(out),
+            "--trainer.logger.init_args.save_dir", str(out / "logs"), *extra]
+
+
+def fit(root: Path, data: Path, strategy: str, name: str, steps: int, *extra: str) -> list[str]:
+    """A fit that checkpoints every step into root/<strategy>/<run>/ckpt (the resumed run continues the cut one's)."""
+    run = name.removesuffix("_resumed")
+    return cli("fit", root / strategy / name, strategy, data, "--trainer.max_steps", str(steps),
+               "--checkpoint.dirpath", str(root / strategy / run / "ckpt"), "--checkpoint.monitor", "null",
+               "--checkpoint.every_n_train_steps", "1", "--trainer.limit_val_batches", "1",
+               "--trainer.check_val_every_n_epoch", "1", "--model.schedule", "constant", "--model.warmup_steps", "3",
+               *(LORA if strategy == "fsdp2" else []), *extra)
+
+
+def torchrun(runs: list[list[str]]) -> None:
+    """Run CLI invocations one after another in the same two gloo processes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    leaked = ("MASTER_", "PL_", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "GROUP_RANK", "TORCHELASTIC_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(leaked)}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])  # for tests.distributed_runner
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(port), str(REPO / "tests" / "distributed_runner.py"), json.dumps(runs)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode:
+        pytest.fail(f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, Path]:
+    """Resume runs under DDP and FSDP2, then test and predict of one checkpoint on two processes and on one."""
+    root = tmp_path_factory.mktemp("distributed")
+    data = write_reviews(root / "reviews", users=USERS)
+    ckpt = root / "ddp" / "full" / "ckpt" / "last.ckpt"
+    plan = []
+    for strategy, cut in CUT.items():
+        plan += [fit(root, data, strategy, "full", STEPS), fit(root, data, strategy, "cut", cut),
+                 fit(root, data, strategy, "cut_resumed", STEPS, "--ckpt_path",
+                     str(root / strategy / "cut" / "ckpt" / "last.ckpt"))]
+    plan += [cli(sub, root / "eval" / f"{sub}_{strategy}", strategy, data, "--ckpt_path", str(ckpt), *RECORD)
+             for sub, strategy in (("test", "ddp"), ("test", "fsdp2"), ("predict", "ddp"))]
+    torchrun(plan)
+    for sub in ("test", "predict"):
+        main(cli(sub, root / "eval" / f"{sub}_single", None, data, "--ckpt_path", str(ckpt), *RECORD))
+    return root, data
+
+
+def losses(run: Path) -> dict[int, float]:
+    """train/loss by global step, from the run's CSV log."""
+    rows = [r for f in run.rglob("metrics.csv") for r in csv.DictReader(f.open())]
+    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+
+
+def epochs(run: Path) -> set[int]:
+    return {int(r["epoch"]) for f in run.rglob("metrics.csv") for r in csv.DictReader(f.open()) if r.get("epoch")}
+
+
+@pytest.mark.parametrize("strategy", sorted(CUT))
+def test_a_run_cut_mid_epoch_resumes_with_the_same_loss_sequence(runs, strategy):
+    root, _ = runs
+    full, cut, resumed = (losses(root / strategy / n) for n in ("full", "cut", "cut_resumed"))
+    assert sorted(full) == list(range(STEPS)) and sorted(cut) == list(range(CUT[strategy]))
+    assert sorted(resumed) == list(range(CUT[strategy], STEPS))
+    assert epochs(root / strategy / "full") == {0, 1}  # the runs cross an epoch boundary after the cut
+    assert {**cut, **resumed} == pytest.approx(full, rel=1e-6, abs=1e-6)
+    if strategy == "fsdp2":  # one shard per process, written by each
+        assert sorted(p.name for p in (root / strategy / "cut" / "ckpt" / "last.ckpt").glob("*.distcp")) == [
+            "__0_0.distcp", "__1_0.distcp"]
+
+
+@pytest.mark.parametrize("strategy", sorted(CUT))
+def test_each_request_is_decoded_once_across_processes(runs, strategy):
+    root, _ = runs
+    logs = sorted((root / "eval" / f"test_{strategy}").glob("requests.rank*.jsonl"))
+    assert len(logs) == 2
+    decoded: dict[int, list[int]] = {}
+    for log in logs:
+        for line in log.read_text().splitlines():
+            row = json.loads(line)
+            decoded.setdefault(row["stream"], []).extend(row["ids"])
+    assert sorted(decoded) == [0, 1]  # seen and unseen templates
+    for ids in decoded.values():
+        assert sorted(ids) == list(range(USERS))
+
+
+def test_test_metrics_of_one_checkpoint_are_identical_on_one_and_two_processes(runs):
+    root, _ = runs
+    results = {run: json.loads(next((root / "eval" / f"test_{run}").rglob("results.json")).read_text())
+               for run in ("single", "ddp", "fsdp2")}
+    single = results["single"]["metrics"]["sequential"]
+    assert set(single) >= {"hr@10", "ndcg@10", "unseen/hr@10"}
+    assert results["ddp"]["metrics"]["sequential"] == single
+    assert results["fsdp2"]["metrics"]["sequential"] == single
+
+
+def test_predictions_on_two_processes_cover_every_request_once(runs):
+    root, _ = runs
+    lines = {run: Counter(line for f in (root / "eval" / f"predict_{run}").rglob("predictions*.jsonl")
+                          for line in f.read_text().splitlines()) for run in ("single", "ddp")}
+    assert sum(lines["single"].values()) == 2 * USERS  # seen and unseen template streams, one line per request
+    assert lines["ddp"] == lines["single"]
+    assert len(list((root / "eval" / "predict_ddp").rglob("predictions.rank1.jsonl"))) == 1
