@@ -1,6 +1,5 @@
-"""Data parallelism on CPU (gloo, 2 processes): resume mid-epoch under DDP and FSDP2, exact evaluation.
-
-All two-process runs share one torchrun launch (tests/distributed_runner.py), so the libraries load once; the
+"""Sharding helpers; data parallelism on CPU (gloo, 2 processes): resume mid-epoch under DDP and FSDP2, exact
+evaluation. All two-process runs share one torchrun launch (tests/distributed_runner.py), so the libraries load once; the
 environment a test process may carry (MASTER_*, LOCAL_RANK, PL_*, ...) is removed first (see PITFALLS.md).
 """
 
@@ -16,12 +15,50 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from recsys_lightning.cli import main
+from recsys_lightning.distributed import merge_list_states, shard_network, transformer_blocks
+from recsys_lightning.metrics import ranking_metrics, update_ranking
+from recsys_lightning.model.glm import GLMBlock
+from recsys_lightning.model.lora import LoRA, apply_lora
 from recsys_lightning.registry import builtin_dir
-from tests.conftest import REPO, write_reviews
+from tests.conftest import REPO, make_glm, write_reviews
 
-pytestmark = pytest.mark.slow
+
+def test_transformer_blocks_are_found_by_shape_in_native_peft_and_hf_models():
+    glm = make_glm(100)
+    assert transformer_blocks(glm) is glm.transformer.layers
+    lora = apply_lora(make_glm(100), LoRA(r=2), ("query_key_value",))
+    assert len(transformer_blocks(lora)) == 2 and isinstance(transformer_blocks(lora)[0], GLMBlock)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    assert transformer_blocks(llama) is llama.model.layers
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=3, n_head=2))
+    assert transformer_blocks(gpt2) is gpt2.transformer.h
+    with pytest.raises(ValueError, match="no nn.ModuleList of transformer blocks"):
+        transformer_blocks(nn.Linear(2, 2))
+
+
+def test_outside_a_sharding_strategy_the_network_is_left_as_built():
+    glm = make_glm(100)
+    blocks = list(glm.transformer.layers)
+    assert shard_network(glm, None) is glm and list(glm.transformer.layers) == blocks
+
+
+def test_merged_list_states_compute_the_same_metrics():
+    plain, merged = (MetricCollection(ranking_metrics((5,), (5,))) for _ in range(2))
+    for b in range(3):
+        ranked = torch.randint(0, 20, (8, 5), generator=torch.Generator().manual_seed(b))
+        for metrics in (plain, merged):
+            update_ranking(metrics, ranked, ranked[:, b], torch.arange(8) + 8 * b)
+    merge_list_states(merged)
+    assert all(len(v) == 1 for m in merged.values() for v in m.metric_state.values())
+    assert {k: float(v) for k, v in merged.compute().items()} == {k: float(v) for k, v in plain.compute().items()}
+
 
 CONFIGS = builtin_dir("lightning_configs")
 TINY = [
@@ -84,6 +121,8 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
                      str(root / strategy / "cut" / "ckpt" / "last.ckpt"))]
     plan += [cli(sub, root / "eval" / f"{sub}_{strategy}", strategy, data, "--ckpt_path", str(ckpt), *RECORD)
              for sub, strategy in (("test", "ddp"), ("test", "fsdp2"), ("predict", "ddp"))]
+    plan.append(cli("test", root / "eval" / "test_sharded", "fsdp2", data, *LORA, "--ckpt_path",
+                    str(root / "fsdp2" / "full" / "ckpt" / "last.ckpt")))
     torchrun(plan)
     for sub in ("test", "predict"):
         main(cli(sub, root / "eval" / f"{sub}_single", None, data, "--ckpt_path", str(ckpt), *RECORD))
@@ -100,6 +139,7 @@ def epochs(run: Path) -> set[int]:
     return {int(r["epoch"]) for f in run.rglob("metrics.csv") for r in csv.DictReader(f.open()) if r.get("epoch")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", sorted(CUT))
 def test_a_run_cut_mid_epoch_resumes_with_the_same_loss_sequence(runs, strategy):
     root, _ = runs
@@ -113,6 +153,7 @@ def test_a_run_cut_mid_epoch_resumes_with_the_same_loss_sequence(runs, strategy)
             "__0_0.distcp", "__1_0.distcp"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", sorted(CUT))
 def test_each_request_is_decoded_once_across_processes(runs, strategy):
     root, _ = runs
@@ -128,6 +169,7 @@ def test_each_request_is_decoded_once_across_processes(runs, strategy):
         assert sorted(ids) == list(range(USERS))
 
 
+@pytest.mark.slow
 def test_test_metrics_of_one_checkpoint_are_identical_on_one_and_two_processes(runs):
     root, _ = runs
     results = {run: json.loads(next((root / "eval" / f"test_{run}").rglob("results.json")).read_text())
@@ -138,6 +180,7 @@ def test_test_metrics_of_one_checkpoint_are_identical_on_one_and_two_processes(r
     assert results["fsdp2"]["metrics"]["sequential"] == single
 
 
+@pytest.mark.slow
 def test_predictions_on_two_processes_cover_every_request_once(runs):
     root, _ = runs
     lines = {run: Counter(line for f in (root / "eval" / f"predict_{run}").rglob("predictions*.jsonl")
@@ -145,3 +188,12 @@ def test_predictions_on_two_processes_cover_every_request_once(runs):
     assert sum(lines["single"].values()) == 2 * USERS  # seen and unseen template streams, one line per request
     assert lines["ddp"] == lines["single"]
     assert len(list((root / "eval" / "predict_ddp").rglob("predictions.rank1.jsonl"))) == 1
+
+
+@pytest.mark.slow
+def test_a_sharded_fsdp2_checkpoint_is_tested_under_fsdp2(runs):
+    root, _ = runs
+    results = json.loads(next((root / "eval" / "test_sharded").rglob("results.json")).read_text())
+    assert (root / "fsdp2" / "full" / "ckpt" / "last.ckpt" / "meta.pt").is_file()
+    assert results["checkpoint"].endswith("last.ckpt")
+    assert all(0.0 <= v <= 1.0 for v in results["metrics"]["sequential"].values())

@@ -147,6 +147,7 @@ def evaluation_loader(dataset: Dataset, batch_size: int, shard: tuple[int, int],
                       num_workers: int) -> DataLoader:
     """An evaluation stream's loader for this rank; the batch shrinks when the stream has fewer batches than
     ranks, so that every rank decodes (metrics sync at the end of the epoch on every rank)."""
-    size = min(batch_size, math.ceil(len(dataset) / shard[0]))  # type: ignore[arg-type]
-    return DataLoader(dataset, batch_size=size, sampler=ContiguousShard(len(dataset), size, *shard),  # type: ignore[arg-type]
+    length = len(dataset)  # type: ignore[arg-type]
+    size = batch_size if math.ceil(length / batch_size) >= shard[0] else max(1, length // shard[0])
+    return DataLoader(dataset, batch_size=size, sampler=ContiguousShard(length, size, *shard),
                       collate_fn=collate_fn, num_workers=num_workers)
