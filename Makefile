@@ -29,3 +29,9 @@ bench: bench-generate
 
 clean:
 	rm -rf $(VENV) runs .cache
+
+# Training throughput on this machine: our packed GLM step vs a causal-SDPA reference of the same size (JSON last
+# line: tokens/s, padding fraction, MFU, ratio). One GPU at GLM-Large size: benchmarks/gpu_train.sh
+.PHONY: bench-train
+bench-train: install
+	$(BIN)/python benchmarks/bench_train.py

@@ -25,8 +25,9 @@ from recsys_lightning.distributed import merge_list_states, shard_network, trans
 from recsys_lightning.metrics import ranking_metrics, update_ranking
 from recsys_lightning.model.glm import GLMBlock
 from recsys_lightning.model.lora import LoRA, apply_lora
-from recsys_lightning.registry import builtin_dir
 from tests.conftest import REPO, make_glm, write_reviews
+
+CONFIGS = REPO / "lightning_configs"
 
 
 def test_transformer_blocks_are_found_by_shape_in_native_peft_and_hf_models():
@@ -49,6 +50,13 @@ def test_outside_a_sharding_strategy_the_network_is_left_as_built():
     assert shard_network(glm, None) is glm and list(glm.transformer.layers) == blocks
 
 
+@pytest.mark.parametrize("script", ["torchrun.sh", "slurm.sbatch"])
+def test_cluster_launch_scripts_are_valid_bash(script):
+    path = CONFIGS / "cluster" / script
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    assert "lightning_configs/strategy/$strategy.yaml" in path.read_text()
+
+
 def test_merged_list_states_compute_the_same_metrics():
     plain, merged = (MetricCollection(ranking_metrics((5,), (5,))) for _ in range(2))
     for b in range(3):
@@ -60,7 +68,6 @@ def test_merged_list_states_compute_the_same_metrics():
     assert {k: float(v) for k, v in merged.compute().items()} == {k: float(v) for k, v in plain.compute().items()}
 
 
-CONFIGS = builtin_dir("lightning_configs")
 TINY = [
     "--config", str(CONFIGS / "demo.yaml"),
     "--model.backbone.init_args.hidden_size", "32", "--model.backbone.init_args.num_layers", "2",

@@ -17,8 +17,7 @@ from recsys_lightning.data.adapters import load_dataset
 from recsys_lightning.data.cache import ExampleCache, code_hash, data_fingerprint, files_hash, tokenizer_hash
 from recsys_lightning.data.encode import encode_rows
 from recsys_lightning.data.indexing import ItemIndex, build_index
-from recsys_lightning.data.packing import example_lengths
-from recsys_lightning.data.sampling import evaluation_loader, training_loader
+from recsys_lightning.data.sampling import evaluation_loader, example_lengths, training_loader
 from recsys_lightning.data.schema import RecData
 from recsys_lightning.data.textualize import describe_item, describe_user, with_templates
 from recsys_lightning.data.tokenizer import GLMTokens, load_tokenizer, train_tokenizer

@@ -1,23 +1,16 @@
 """Sequence packing: several laid-out samples share one row (segment ids 0, 1, ...), so padding stays small.
 
 Positions restart per sample and the blank-infilling mask keeps samples apart (model/layout.py), so a packed
-batch gives the same loss as the same samples one per row.
+batch gives the same loss as the same samples one per row. Needs only torch (the GPU training bench imports it).
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-import pyarrow.compute as pc
 import torch
-from datasets import Dataset
 
 from recsys_lightning.model.layout import IGNORE, pad_stack
-
-
-def example_lengths(datasets: Sequence[Dataset]) -> list[int]:
-    """Token count of every laid-out example (Part A + Part B), datasets concatenated."""
-    return [n for ds in datasets for n in pc.list_value_length(ds.data.column("input_ids")).to_pylist()]
 
 
 def pack_steps(order: Sequence[int], lengths: Sequence[int], rows: int, row_length: int) -> list[list[list[int]]]:

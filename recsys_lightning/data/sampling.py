@@ -13,6 +13,8 @@ import math
 from functools import partial
 from typing import Any, Callable, Iterator, Sequence
 
+import datasets
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
@@ -20,6 +22,11 @@ from recsys_lightning.data.packing import collate_packed, pack_steps
 
 Step = list[list[int]]  # one training step: rows, each a list of example indices (one example per row unpacked)
 Planner = Callable[[list[int]], list[Step]]
+
+
+def example_lengths(tables: Sequence[datasets.Dataset]) -> list[int]:
+    """Token count of every laid-out example (Part A + Part B), datasets concatenated."""
+    return [n for ds in tables for n in pc.list_value_length(ds.data.column("input_ids")).to_pylist()]
 
 
 def one_per_row(order: Sequence[int], batch_size: int) -> list[Step]:
