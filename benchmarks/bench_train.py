@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from recsys_lightning.data.packing import collate_packed, pack_steps, padding_fraction
 from recsys_lightning.model.glm import GLMConfig, GLMModel
-from recsys_lightning.model.layout import IGNORE, Blank, blank_infilling_mask, infill
+from recsys_lightning.model.layout import IGNORE, Blank, blank_infilling_block_mask, blank_infilling_mask, infill
 
 H100_BF16_TFLOPS = 989.0
 CPU_GHZ, CPU_FP32_FLOPS_PER_CYCLE = 2.5, 64  # AVX-512: 2 FMA units x 16 fp32 lanes x 2 FLOPs
@@ -87,12 +87,13 @@ def packed_batches(shape: Shape, rows: int, steps: int, seed: int) -> tuple[list
 
 
 class PackedGLMStep(L.LightningModule):
-    """RecSysLLM's training objective (tests/benchmarks check the equality): the blank-infilling mask from the
-    batch's segments and Part A, logits of Part B only, cross-entropy; AdamW, fused on CUDA."""
+    """RecSysLLM's training step with a native GLM (tests/benchmarks check the equality): the blank-infilling mask
+    (dense for SDPA, or a FlexAttention block mask) from the batch's segments and Part A, logits of Part B only,
+    cross-entropy; AdamW, fused on CUDA."""
 
-    def __init__(self, shape: Shape, compile: bool, lr: float = 1e-4) -> None:
+    def __init__(self, shape: Shape, compile: bool, flex: bool = False, lr: float = 1e-4) -> None:
         super().__init__()
-        self.shape, self.compile, self.lr = shape, compile, lr
+        self.shape, self.compile, self.flex, self.lr = shape, compile, flex, lr
         self.network: nn.Module | None = None
 
     def configure_model(self) -> None:
@@ -105,7 +106,8 @@ class PackedGLMStep(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         labels = batch["labels"]
-        mask = blank_infilling_mask(batch["segment_ids"], batch["part_a"])
+        infilling_mask = blank_infilling_block_mask if self.flex else blank_infilling_mask
+        mask = infilling_mask(batch["segment_ids"], batch["part_a"])
         logits = self.network(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask,
                               logits_positions=labels != IGNORE).logits
         return F.cross_entropy(logits.float(), labels[labels != IGNORE])
@@ -211,6 +213,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="auto: on CUDA only")
+    parser.add_argument("--attention", choices=("auto", "sdpa", "flex"), default="auto",
+                        help="our step's attention, as NativeGLM(attention=...); auto: flex on CUDA")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak (default: H100 bf16 or CPU)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -222,12 +226,13 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     precision = "bf16-mixed" if device.type == "cuda" else "32-true"
+    flex = args.attention == "flex" or (args.attention == "auto" and device.type == "cuda")
+    cores = len(os.sched_getaffinity(0))
     if args.peak_tflops is not None:
         peak, peak_note = args.peak_tflops, "given"
     elif device.type == "cuda":
         peak, peak_note = H100_BF16_TFLOPS, "H100 bf16 dense"
     else:
-        cores = len(os.sched_getaffinity(0))
         peak = cores * CPU_GHZ * CPU_FP32_FLOPS_PER_CYCLE / 1e3
         peak_note = f"assumed: {cores} cores x {CPU_GHZ} GHz x {CPU_FP32_FLOPS_PER_CYCLE} fp32 FLOP/cycle (AVX-512)"
     shape = Shape(args.layers, args.hidden, args.heads, args.vocab, args.seq)
@@ -235,7 +240,7 @@ def main() -> None:
 
     batches, unpacked_padding = packed_batches(shape, args.batch, args.warmup + args.rounds * (args.steps + 1),
                                                args.seed)
-    ours = PackedGLMStep(shape, compile)
+    ours = PackedGLMStep(shape, compile, flex)
     reference = reference_step(shape, device, compile)
     ids = torch.randint(0, shape.vocab, (args.batch, shape.seq + 1), device=device)
     run_ours(ours, batches[: args.warmup], precision)
@@ -251,8 +256,9 @@ def main() -> None:
     ours_rate, ref_rate = (statistics.median(rates[k]) for k in ("ours", "reference"))
     mfu = {k: v * shape.flops_per_token() / (peak * 1e12) for k, v in (("ours", ours_rate), ("reference", ref_rate))}
     result = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({len(os.sched_getaffinity(0))} cores)",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({cores} cores)",
         "shape": vars(shape), "batch": [args.batch, args.seq], "precision": precision, "compiled": compile,
+        "attention": "flex" if flex else "sdpa",
         "peak_tflops": peak, "peak": peak_note, "flops_per_token": shape.flops_per_token(),
         "tokens_per_s": round(ours_rate), "padding_fraction": round(statistics.mean(
             padding_fraction(b) for b in batches[args.warmup:]), 4),

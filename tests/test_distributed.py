@@ -1,6 +1,7 @@
 """Sharding helpers; data parallelism on CPU (gloo, 2 processes): resume mid-epoch under DDP and FSDP2, exact
-evaluation. All two-process runs share one torchrun launch (tests/distributed_runner.py), so the libraries load once; the
-environment a test process may carry (MASTER_*, LOCAL_RANK, PL_*, ...) is removed first (see PITFALLS.md).
+evaluation, an HF backbone sharded like the native GLM. All two-process runs share one torchrun launch
+(tests/distributed_runner.py), so the libraries load once; the environment a test process may carry (MASTER_*,
+LOCAL_RANK, PL_*, ...) is removed first (see PITFALLS.md).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from recsys_lightning.cli import main
 from recsys_lightning.distributed import merge_list_states, shard_network, transformer_blocks
 from recsys_lightning.metrics import ranking_metrics, update_ranking
 from recsys_lightning.model.glm import GLMBlock
-from recsys_lightning.model.lora import LoRA, apply_lora
+from recsys_lightning.model.lora import LoRA, LoRADefaults, apply_lora
 from tests.conftest import REPO, make_glm, write_reviews
 
 CONFIGS = REPO / "lightning_configs"
@@ -33,7 +34,7 @@ CONFIGS = REPO / "lightning_configs"
 def test_transformer_blocks_are_found_by_shape_in_native_peft_and_hf_models():
     glm = make_glm(100)
     assert transformer_blocks(glm) is glm.transformer.layers
-    lora = apply_lora(make_glm(100), LoRA(r=2), ("query_key_value",))
+    lora = apply_lora(make_glm(100), LoRA(r=2), LoRADefaults(("query_key_value",)))
     assert len(transformer_blocks(lora)) == 2 and isinstance(transformer_blocks(lora)[0], GLMBlock)
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
                                          num_attention_heads=2, num_key_value_heads=2))
@@ -80,6 +81,7 @@ CUT = {"ddp": 4, "fsdp2": 6}  # the step each interrupted run stops at; every ru
 STEPS = 12
 LORA = ["--model.lora", "{r: 4, alpha: 8, dropout: 0.0}"]  # FSDP2 runs train LoRA adapters
 RECORD = ["--trainer.callbacks+=tests.distributed_runner.RequestLog"]
+LLAMA_STEPS = 4
 USERS = 41  # an odd request count: a padding sampler would decode one request twice
 
 
@@ -130,6 +132,11 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
              for sub, strategy in (("test", "ddp"), ("test", "fsdp2"), ("predict", "ddp"))]
     plan.append(cli("test", root / "eval" / "test_sharded", "fsdp2", data, *LORA, "--ckpt_path",
                     str(root / "fsdp2" / "full" / "ckpt" / "last.ckpt")))
+    llama = ["--config", str(CONFIGS / "backbones" / "llama_tiny.yaml"), *LORA, "--model.schedule", "constant",
+             "--model.warmup_steps", "0", "--model.lr", "0.01", "--trainer.max_steps", str(LLAMA_STEPS),
+             "--trainer.limit_val_batches", "0", "--checkpoint.monitor", "null"]
+    plan += [cli("fit", root / "llama" / strategy, strategy, data, *llama,
+                 "--checkpoint.dirpath", str(root / "llama" / strategy / "ckpt")) for strategy in ("ddp", "fsdp2")]
     torchrun(plan)
     for sub in ("test", "predict"):
         main(cli(sub, root / "eval" / f"{sub}_single", None, data, "--ckpt_path", str(ckpt), *RECORD))
@@ -204,3 +211,11 @@ def test_a_sharded_fsdp2_checkpoint_is_tested_under_fsdp2(runs):
     assert (root / "fsdp2" / "full" / "ckpt" / "last.ckpt" / "meta.pt").is_file()
     assert results["checkpoint"].endswith("last.ckpt")
     assert all(0.0 <= v <= 1.0 for v in results["metrics"]["sequential"].values())
+
+
+@pytest.mark.slow
+def test_an_hf_llama_with_lora_trains_the_same_under_fsdp2_as_under_ddp(runs):
+    root, _ = runs
+    ddp, fsdp2 = (losses(root / "llama" / strategy) for strategy in ("ddp", "fsdp2"))
+    assert sorted(ddp) == list(range(LLAMA_STEPS))
+    assert fsdp2 == pytest.approx(ddp, rel=1e-4)
