@@ -75,7 +75,7 @@ TINY = [
     "--model.backbone.init_args.num_attention_heads", "2", "--model.backbone.init_args.hidden_dropout", "0",
     "--model.backbone.init_args.attention_dropout", "0", "--data.vocab_size", "300", "--data.batch_size", "8",
     "--data.eval_batch_size", "16", "--model.beam_size", "10", "--trainer.enable_progress_bar", "false",
-    "--trainer.accelerator", "cpu", "--trainer.log_every_n_steps", "1",
+    "--trainer.accelerator", "cpu", "--trainer.log_every_n_steps", "1", "--data.cache_dir", "null",
 ]
 CUT = {"ddp": 4, "fsdp2": 6}  # the step each interrupted run stops at; every run goes on to STEPS
 STEPS = 12
