@@ -7,4 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHONPATH=. "${PYTHON:-python3}" benchmarks/bench_train.py --layers 24 --hidden 1024 --heads 16 --vocab 50304 \
-  --batch 16 --seq 512 --warmup 10 --steps 20 --rounds 3 --compile on "$@"
+  --batch 16 --seq 512 --warmup 10 --steps 20 --rounds 5 --compile on "$@"
