@@ -232,6 +232,8 @@ def main() -> None:
     compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     precision = "bf16-mixed" if device.type == "cuda" else "32-true"
     flex = args.attention == "flex" or (args.attention == "auto" and device.type == "cuda")
+    if flex and device.type != "cuda":
+        parser.error("--attention flex trains on CUDA only (FlexAttention has no CPU backward)")
     cores = len(os.sched_getaffinity(0))
     if args.peak_tflops is not None:
         peak, peak_note = args.peak_tflops, "given"
