@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean bench bench-generate
+.PHONY: install demo test clean bench bench-generate bench-train
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ test: install
 bench-generate: install
 	$(BIN)/python benchmarks/bench_generate.py $(BENCH_GENERATE_ARGS)
 
+# Training throughput on this machine: our packed GLM step vs a causal-SDPA reference of the same size (JSON last
+# line: tokens/s, padding fraction, MFU, ratio). One GPU at GLM-Large size: benchmarks/gpu_train.sh
+bench-train: install
+	$(BIN)/python benchmarks/bench_train.py $(BENCH_TRAIN_ARGS)
+
 # Every benchmark; each prints one JSON object as its last line.
-bench: bench-generate
+bench: bench-generate bench-train
 
 clean:
 	rm -rf $(VENV) runs .cache

@@ -21,6 +21,7 @@ class ResultsWriter(Callback):
     """Writes `results.json` into the log directory after a test run: metrics per family, config, data, checkpoint."""
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        out = run_dir(trainer)  # on every rank: `trainer.log_dir` broadcasts from rank 0
         if not trainer.is_global_zero:
             return
         metrics: dict[str, dict[str, float]] = {}
@@ -28,7 +29,6 @@ class ResultsWriter(Callback):
             stage, family, name = key.split("/", 2) if key.count("/") >= 2 else ("", "", key)
             if stage == "test":
                 metrics.setdefault(family, {})[name] = round(float(value), 6)
-        out = run_dir(trainer)
         config_file = out / "config.yaml"
         results: dict[str, Any] = {
             "metrics": metrics,
@@ -61,22 +61,22 @@ class PredictionWriter(BasePredictionWriter):
 
     def __init__(self) -> None:
         super().__init__(write_interval="batch")
-
-    def _path(self, trainer: L.Trainer) -> Path:
-        suffix = "" if trainer.global_rank == 0 else f".rank{trainer.global_rank}"
-        return run_dir(trainer) / f"predictions{suffix}.jsonl"
+        self.path: Path | None = None
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        path = self._path(trainer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
+        # Resolved once, on every rank: `trainer.log_dir` broadcasts from rank 0, and ranks predict unequal batches.
+        suffix = "" if trainer.global_rank == 0 else f".rank{trainer.global_rank}"
+        self.path = run_dir(trainer) / f"predictions{suffix}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Sequence[dict],
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
-        with self._path(trainer).open("a") as f:
+        assert self.path is not None
+        with self.path.open("a") as f:
             for answer in prediction:
                 f.write(json.dumps(answer) + "\n")
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            print(f"predictions: {self._path(trainer)}")
+            print(f"predictions: {self.path}")

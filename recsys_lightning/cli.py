@@ -46,8 +46,10 @@ class RecSysCLI(LightningCLI):
             config["weights_only"] = True
         if self.subcommand == "test":
             config["verbose"] = False  # ResultsWriter prints one table, seen and unseen side by side
-        ckpt = config.get("ckpt_path")
-        if ckpt and Path(ckpt).is_file() and self.model.backbone.tokenizer() is None:
+        ckpt = Path(config["ckpt_path"]) if config.get("ckpt_path") else None
+        if ckpt is not None and ckpt.is_dir():  # a sharded (FSDP2) checkpoint keeps everything but tensors here
+            ckpt = ckpt / "meta.pt"
+        if ckpt is not None and ckpt.is_file() and self.model.backbone.tokenizer() is None:
             saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("tokenizer")
             if isinstance(saved, str) and saved.startswith("{"):
                 self.datamodule.use_tokenizer(wrap_tokenizer(Tokenizer.from_str(saved)))

@@ -8,7 +8,8 @@ from typing import Sequence
 import torch
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, Metric
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalNormalizedDCG
-from torchmetrics.text import BLEUScore, ROUGEScore
+from torchmetrics.functional.text import rouge_score
+from torchmetrics.text import BLEUScore
 
 
 def ranking_metrics(hit_ks: Sequence[int], ndcg_ks: Sequence[int]) -> dict[str, Metric]:
@@ -29,17 +30,28 @@ def update_ranking(metrics: dict[str, Metric], ranked: torch.Tensor, target: tor
         metric.update(preds.reshape(-1), hits.reshape(-1), indexes=indexes.reshape(-1))
 
 
-class ROUGE(ROUGEScore):
-    """ROUGE-1/2/L F-measures, computed offline (no stemmer, so no nltk data is needed)."""
+class ROUGE(Metric):
+    """Mean sentence ROUGE-1/2/L F-measures, computed offline (no stemmer, so no nltk data is needed).
+
+    Kept as sums, so processes that decoded different numbers of batches sync with one all-reduce.
+    """
 
     KEYS = ("rouge1", "rouge2", "rougeL")
 
     def __init__(self) -> None:
-        super().__init__(rouge_keys=self.KEYS)
+        super().__init__()
+        for key in self.KEYS:
+            self.add_state(key, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: list[str], target: list[str]) -> None:
+        scores = rouge_score(preds, target, rouge_keys=self.KEYS)
+        for key in self.KEYS:
+            setattr(self, key, getattr(self, key) + scores[f"{key}_fmeasure"].double() * len(preds))
+        self.count += len(preds)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        scores = super().compute()
-        return {key: scores[f"{key}_fmeasure"] for key in self.KEYS}
+        return {key: (getattr(self, key) / self.count).float() for key in self.KEYS}
 
 
 def text_metrics(bleu_n: int) -> dict[str, Metric]:

@@ -13,6 +13,7 @@ from torchmetrics import MetricCollection
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from recsys_lightning.data.tokenizer import GLMTokens
+from recsys_lightning.distributed import gather_for_decoding, merge_list_states, release_after_decoding, shard_network
 from recsys_lightning.generation.generator import Generator
 from recsys_lightning.model.backbones import Backbone, NativeGLM
 from recsys_lightning.model.layout import IGNORE
@@ -78,7 +79,8 @@ class RecSysLLM(L.LightningModule):
         network = self.backbone.build(self.tokenizer)
         if self.lora is not None:
             network = self.backbone.add_lora(network, self.lora, self.tokenizer)
-        self.network = network
+        precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
+        self.network = shard_network(network, self.device_mesh, precision)
 
     # --- training ------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -120,20 +122,35 @@ class RecSysLLM(L.LightningModule):
     def _log_metrics(self, prefix: str) -> None:
         for key, metrics in self.metric_sets.items():
             if key.startswith(prefix + "_"):
+                merge_list_states(metrics)
                 self.log_dict(metrics.compute())
                 metrics.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        gather_for_decoding(self.network)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate("val", batch, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
+        release_after_decoding(self.network)
         self._log_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        gather_for_decoding(self.network)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate("test", batch, dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
+        release_after_decoding(self.network)
         self._log_metrics("test")
+
+    def on_predict_epoch_start(self) -> None:
+        gather_for_decoding(self.network)
+
+    def on_predict_epoch_end(self) -> None:
+        release_after_decoding(self.network)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         stream = self.streams[dataloader_idx]

@@ -47,3 +47,20 @@ def test_text_metrics_score_identical_text_as_one():
     update_text(metrics, [text], [text])
     assert math.isclose(float(metrics["bleu4"].compute()), 1.0, rel_tol=1e-6)
     assert all(math.isclose(float(v), 1.0, rel_tol=1e-6) for v in metrics["rouge"].compute().values())
+
+
+def test_rouge_sums_equal_torchmetrics_sentence_average_across_updates():
+    from torchmetrics.text import ROUGEScore
+
+    from recsys_lightning.metrics import ROUGE
+
+    preds = ["the strings sound bright", "a solid stand for the price", "cable works"]
+    refs = ["strings sound very bright", "solid stand for a low price", "the cable broke"]
+    ours = ROUGE()
+    for p, r in zip(preds, refs):
+        ours.update([p], [r])
+    reference = ROUGEScore(rouge_keys=ROUGE.KEYS)
+    reference.update(preds, refs)
+    expected = reference.compute()
+    for key, value in ours.compute().items():
+        assert math.isclose(float(value), float(expected[f"{key}_fmeasure"]), rel_tol=1e-5)

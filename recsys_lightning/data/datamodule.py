@@ -11,18 +11,19 @@ import lightning as L
 import numpy as np
 import torch
 from datasets import Dataset
-from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from recsys_lightning.data.adapters import load_dataset
 from recsys_lightning.data.cache import ExampleCache, code_hash, data_fingerprint, files_hash, tokenizer_hash
 from recsys_lightning.data.encode import encode_rows
 from recsys_lightning.data.indexing import ItemIndex, build_index
+from recsys_lightning.data.sampling import evaluation_loader, example_lengths, training_loader
 from recsys_lightning.data.schema import RecData
 from recsys_lightning.data.textualize import describe_item, describe_user, with_templates
 from recsys_lightning.data.tokenizer import GLMTokens, load_tokenizer, train_tokenizer
 from recsys_lightning.family import FamilyContext, Request, TaskFamily, seeded_choice
-from recsys_lightning.model.layout import collate_infill, collate_part_a
+from recsys_lightning.model.layout import collate_part_a
 from recsys_lightning.registry import discover, get_task
 
 DEMO_ROOT = Path(__file__).resolve().parent / "demo"
@@ -88,6 +89,7 @@ class RecDataModule(L.LightningDataModule):
         textualize: dict[str, str] | None = None,
         cache_dir: str | None = ".cache/recsys_lightning",
         num_proc: int = 1,
+        pack_length: int | None = None,
     ) -> None:
         """
         Args:
@@ -107,11 +109,15 @@ class RecDataModule(L.LightningDataModule):
             textualize: description templates overriding the dataset's ({user: "...", item: "..."}).
             cache_dir: folder of the built-example cache (Arrow); None builds in memory every run.
             num_proc: processes that tokenize examples.
+            pack_length: pack several training examples into rows of this many tokens (at least max_length);
+                batch_size then counts rows. None: one example per row, padded to the longest in the batch.
         """
         super().__init__()
         specs = tasks if tasks is not None else [TaskSpec("sequential")]
         if not specs:
             raise ValueError("data.tasks: select at least one task family")
+        if pack_length is not None and pack_length < max_length:
+            raise ValueError(f"data.pack_length ({pack_length}) must be at least data.max_length ({max_length})")
         self.save_hyperparameters(ignore=["tasks"])
         self.hparams["tasks"] = [asdict(spec) for spec in specs]  # plain data, so checkpoints load weights-only
         discover(task_dirs or [])
@@ -265,17 +271,26 @@ class RecDataModule(L.LightningDataModule):
 
     # --- loaders -------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        """Families drawn in proportion to their weights (with replacement), one epoch = all examples once."""
-        weights = torch.cat([torch.full((len(ds),), f.weight / len(ds)) for f, ds in zip(self.families, self._train)])
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
-        return DataLoader(ConcatDataset(self._train), batch_size=self.hparams.batch_size, sampler=sampler,
-                          collate_fn=partial(collate_infill, pad_id=self.tokens.pad),
-                          num_workers=self.hparams.num_workers)
+        """Families drawn in proportion to their weights (with replacement), one epoch = all examples once;
+        steps dealt to the data-parallel ranks and resumable mid-epoch (data/sampling.py)."""
+        hp = self.hparams
+        return training_loader(self._train, [f.weight for f in self.families], example_lengths(self._train),
+                               hp.batch_size, hp.pack_length, self.tokens.pad, hp.seed, self._shard(),
+                               hp.num_workers, self._steps_done)
+
+    def _shard(self) -> tuple[int, int]:
+        """(data-parallel size, this rank) under the trainer's strategy; (1, 0) without one."""
+        kwargs = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        return (kwargs["num_replicas"], kwargs["rank"]) if kwargs else (1, 0)
+
+    def _steps_done(self) -> int:
+        """Training steps finished in the current epoch: the position a resumed run starts from."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer is not None else 0
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
-        return [DataLoader(ds, batch_size=self.hparams.eval_batch_size, shuffle=False,
-                           collate_fn=partial(self._collate_eval, stream), num_workers=self.hparams.num_workers)
+        """One loader per stream; each rank decodes a contiguous share of whole batches (no sample twice)."""
+        return [evaluation_loader(ds, self.hparams.eval_batch_size, self._shard(),
+                                  partial(self._collate_eval, stream), self.hparams.num_workers)
                 for stream, ds in zip(self.eval_streams, self._eval[split])]
 
     def _collate_eval(self, stream: EvalStream, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -9,12 +9,13 @@ token; intra-position (position_ids[1]) is 0 in Part A and 1..n inside a span.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
-from recsys_lightning.data.tokenizer import GLMTokens
+if TYPE_CHECKING:  # the layout needs only torch (benchmarks/bench_train.py runs it without the tokenizer stack)
+    from recsys_lightning.data.tokenizer import GLMTokens
 
 IGNORE = -100
 

@@ -1,0 +1,48 @@
+"""The training bench: its packed multitask batches stay under 10% padding, its step is RecSysLLM's objective."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recsys_lightning.model.layout import IGNORE
+from recsys_lightning.module import RecSysLLM
+from tests.conftest import REPO
+
+spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks" / "bench_train.py")
+bench = sys.modules["bench_train"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+SHAPE = bench.Shape(layers=1, hidden=32, heads=2, vocab=300, seq=512)
+
+
+def test_packed_multitask_batches_have_under_ten_percent_padding():
+    batches, unpacked = bench.packed_batches(SHAPE, rows=16, steps=6, seed=0)
+    assert all(b["input_ids"].shape == (16, 512) for b in batches)
+    padding = sum(bench.padding_fraction(b) for b in batches) / len(batches)
+    assert padding < 0.10 < unpacked  # the same samples one per row waste far more
+    assert all(int(b["segment_ids"].max()) > 0 for b in batches)  # several samples per row
+
+
+def test_the_bench_step_is_recsysllm_s_training_objective():
+    torch.manual_seed(0)
+    step = bench.PackedGLMStep(SHAPE, compile=False)
+    step.configure_model()
+    module = RecSysLLM()
+    module.network = step.network
+    batch = bench.packed_batches(SHAPE, rows=4, steps=1, seed=1)[0][0]
+    labels = batch["labels"]
+    expected = F.cross_entropy(module(batch), labels[labels != IGNORE])
+    assert step.training_step(batch, 0).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_multitask_lengths_follow_the_family_mix():
+    samples = bench.multitask_samples(2000, SHAPE, random.Random(0))
+    targets = [sum(1 for label in s["labels"] if label != IGNORE) - 1 for s in samples]  # span + <|endofpiece|>
+    assert min(targets) == 1 and max(targets) == 40
+    assert all(len(s["input_ids"]) <= SHAPE.seq for s in samples)

@@ -1,0 +1,95 @@
+"""Training steps: weighted mix, dealt to ranks, resumable mid-epoch; evaluation shards: exact and contiguous."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+
+from recsys_lightning.data.sampling import ContiguousShard, StepSampler, evaluation_loader, one_per_row, training_loader
+
+
+def sampler(world: int = 1, rank: int = 0, batch: int = 4, n: int = 50, seed: int = 3) -> StepSampler:
+    return StepSampler(torch.ones(n), partial(one_per_row, batch_size=batch), seed, num_replicas=world, rank=rank)
+
+
+def flat(steps) -> list[int]:
+    return [i for step in steps for row in step for i in row]
+
+
+def test_every_rank_takes_the_same_number_of_steps_and_together_they_read_the_single_process_stream():
+    single = list(sampler(batch=4))
+    for world in (2, 3):
+        shards = [list(sampler(world, rank, batch=4)) for rank in range(world)]
+        assert len({len(s) for s in shards}) == 1
+        # step s of every rank together = the global steps s * world ... s * world + world - 1
+        for s in range(len(shards[0])):
+            together = [shards[rank][s] for rank in range(world)]
+            assert together == single[s * world: (s + 1) * world]
+
+
+def test_epochs_are_reproducible_and_differ():
+    a, b = sampler(), sampler()
+    first = list(a)
+    assert first == list(b)
+    a.set_epoch(1)
+    assert list(a) != first
+    b.set_epoch(1)
+    assert list(a) == list(b)
+
+
+def test_resume_continues_mid_epoch_then_starts_the_next_epoch_whole():
+    reference = sampler()
+    reference.set_epoch(2)
+    epoch2 = list(reference)
+    reference.set_epoch(3)
+    epoch3 = list(reference)
+
+    resumed = sampler()
+    resumed.resume(2, 5)
+    assert list(resumed) == epoch2[5:]
+    resumed.set_epoch(3)
+    assert list(resumed) == epoch3
+
+    at_end = sampler()
+    at_end.resume(2, len(epoch2))  # a checkpoint written at the end of epoch 2
+    assert at_end.epoch == 3 and list(at_end) == epoch3
+
+
+def test_family_weights_set_the_mix_whatever_the_family_sizes():
+    small, large = [{"n": i} for i in range(10)], [{"n": i} for i in range(90)]
+    loader = training_loader([small, large], [1.0, 1.0], [1] * 100, 10, None, 0, 0, (1, 0), 0, lambda: 0)
+    drawn = torch.tensor(flat(loader.sampler.steps()))
+    assert len(drawn) == 100
+    assert 0.35 < (drawn < 10).float().mean() < 0.65  # half of the draws from the 10-example family
+
+
+def test_loader_state_is_the_finished_steps_and_resumes_there():
+    done = {"steps": 0}
+    rows = [{"input_ids": [5, i], "labels": [-100, i], "inter_position": [0, 1], "intra_position": [0, 0],
+             "part_a_length": 1} for i in range(40)]
+    make = partial(training_loader, [rows], [1.0], [2] * 40, 4, None, 0, 7, (1, 0), 0, lambda: done["steps"])
+    loader = make()
+    batches = [b["labels"][:, 1].tolist() for b in loader]
+    done["steps"] = 3
+    state = loader.state_dict()
+    assert state == {"epoch": 0, "steps": 3}
+    restored = make()
+    restored.load_state_dict(state)
+    assert [b["labels"][:, 1].tolist() for b in restored] == batches[3:]
+
+
+@pytest.mark.parametrize("length", [1, 7, 16, 17, 41, 64])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_evaluation_shards_cover_each_request_once_in_single_process_batches(length, world):
+    if length < world:
+        with pytest.raises(ValueError, match="fewer than the"):
+            ContiguousShard(length, 16, world, 0)
+        return
+    loaders = [evaluation_loader(list(range(length)), 16, (world, rank), list, 0) for rank in range(world)]
+    batches = [b for loader in loaders for b in loader]
+    assert all(len(list(loader)) > 0 for loader in loaders)  # every rank decodes, so metrics sync everywhere
+    assert [i for b in batches for i in b] == list(range(length))  # in order: gathered states match one process
+    if -(-length // 16) >= world:
+        assert batches == [list(range(s, min(s + 16, length))) for s in range(0, length, 16)]
