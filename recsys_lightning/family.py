@@ -52,6 +52,10 @@ class FamilyContext:
         sequences = self.tokenizer(renders, add_special_tokens=False)["input_ids"]
         return ItemTrie(sequences, GLMTokens.of(self.tokenizer).eop)
 
+    def generate_text(self, generator: Generator, batch: dict[str, Any], max_new_tokens: int) -> list[str]:
+        """Greedy free text filling each prompt's blank, as strings."""
+        return self.tokenizer.batch_decode(generator.generate(batch, max_new_tokens), skip_special_tokens=True)
+
     def answers(self, texts: Sequence[str]) -> AnswerSet:
         """A closed set of short answers ("1".."5", "yes"/"no", attribute values) decoded by exact scoring."""
         return AnswerSet(texts, self.tokenizer)
@@ -103,8 +107,9 @@ class TaskFamily(ABC):
         return local if local.is_file() else builtin_dir("prompts") / name
 
     @classmethod
-    def load_prompts(cls) -> PromptSet:
-        prompts = load_prompts(cls.prompt_path())
+    def load_prompts(cls, path: Path | None = None) -> PromptSet:
+        """The family's templates (or those of `path`), checked against the slots the family fills."""
+        prompts = load_prompts(path or cls.prompt_path())
         prompts.validate(cls.slots, cls.name)
         return prompts
 

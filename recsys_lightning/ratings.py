@@ -26,7 +26,7 @@ class RatingDecoder:
             raise ValueError(f"dataset {context.data.name!r} has no ratings")
         self.scale = sorted({float(r) for r in ratings})
         self.answers = context.answers([rating_text(r) for r in self.scale])
-        self.tokenizer = context.tokenizer
+        self.context = context
         self.constrained = constrained
         self.max_new_tokens = max_new_tokens
 
@@ -34,5 +34,5 @@ class RatingDecoder:
         """One rating per prompt; None where free text holds no rating in the dataset's range."""
         if self.constrained:
             return [float(text) for text in self.answers.best(generator, batch)]
-        texts = self.tokenizer.batch_decode(generator.generate(batch, self.max_new_tokens), skip_special_tokens=True)
+        texts = self.context.generate_text(generator, batch, self.max_new_tokens)
         return [parse_rating(t, self.scale[0], self.scale[-1]) for t in texts]

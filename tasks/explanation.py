@@ -52,15 +52,11 @@ class Explanation(TaskFamily):
     def metrics(self, target: str) -> dict[str, Metric]:
         return text_metrics(4)
 
-    def _generate(self, generator: Generator, batch: dict[str, Any]) -> list[str]:
-        return self.ctx.tokenizer.batch_decode(generator.generate(batch, self.max_new_tokens),
-                                               skip_special_tokens=True)
-
     def evaluate(self, generator: Generator, batch: dict[str, Any], metrics: dict[str, Metric]) -> None:
-        update_text(metrics, self._generate(generator, batch), batch["reference"])
+        update_text(metrics, self.ctx.generate_text(generator, batch, self.max_new_tokens), batch["reference"])
 
     def predict(self, generator: Generator, batch: dict[str, Any]) -> list[dict[str, Any]]:
         data = self.ctx.data
         return [{"user": data.users[u], "item": data.items[i], "explanation": text}
                 for u, i, text in zip(batch["user_id"].tolist(), batch["item_id"].tolist(),
-                                      self._generate(generator, batch))]
+                                      self.ctx.generate_text(generator, batch, self.max_new_tokens))]

@@ -59,19 +59,15 @@ class Review(TaskFamily):
     def metrics(self, target: str) -> dict[str, Metric]:
         return text_metrics(2) if target == "summary" else rating_metrics()
 
-    def _summaries(self, generator: Generator, batch: dict[str, Any]) -> list[str]:
-        return self.ctx.tokenizer.batch_decode(generator.generate(batch, self.max_new_tokens),
-                                               skip_special_tokens=True)
-
     def evaluate(self, generator: Generator, batch: dict[str, Any], metrics: dict[str, Metric]) -> None:
         if batch["target_slot"] == "summary":
-            update_text(metrics, self._summaries(generator, batch), batch["reference"])
+            update_text(metrics, self.ctx.generate_text(generator, batch, self.max_new_tokens), batch["reference"])
         else:
             update_rating(metrics, self.ratings.decode(generator, batch), batch["rating_value"])
 
     def predict(self, generator: Generator, batch: dict[str, Any]) -> list[dict[str, Any]]:
         if batch["target_slot"] == "summary":
-            answers = [{"summary": text} for text in self._summaries(generator, batch)]
+            answers = [{"summary": text} for text in self.ctx.generate_text(generator, batch, self.max_new_tokens)]
         else:
             answers = [{"rating": r} for r in self.ratings.decode(generator, batch)]
         data = self.ctx.data

@@ -38,12 +38,14 @@ class TaskSpec:
         weight: relative sampling weight of the family's training examples.
         options: keyword options of the family's constructor.
         max_eval_requests: evaluate at most this many validation/test requests (a seeded subset); None = all.
+        prompts: a prompt file replacing the family's own templates (same format and slots).
     """
 
     name: str
     weight: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
     max_eval_requests: int | None = None
+    prompts: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,9 +140,12 @@ class RecDataModule(L.LightningDataModule):
     def _family(i: int, spec: TaskSpec) -> TaskFamily:
         cls = get_task(spec.name)
         try:
-            return cls(weight=spec.weight, **spec.options)
+            family = cls(weight=spec.weight, **spec.options)
         except TypeError as err:
             raise ValueError(f"data.tasks[{i}] ({spec.name}): bad options {spec.options}: {err}") from None
+        if spec.prompts:
+            family.prompts = family.load_prompts(Path(spec.prompts))
+        return family
 
     # --- set-up --------------------------------------------------------------------------------
     def use_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -87,3 +87,39 @@ def test_evaluated_templates_and_streams(dm):
     assert ("sequential", False, "item") in streams and ("sequential", False, "answer") not in streams
     assert {("direct", False, "item"), ("direct", False, "answer"), ("review", False, "summary"),
             ("review", False, "rating"), ("review", True, "summary"), ("rating", True, "rating")} <= streams
+
+
+def test_a_task_spec_can_replace_a_familys_templates(tiny_reviews, tmp_path):
+    from recsys_lightning.prompts import PromptError
+    from recsys_lightning.registry import builtin_dir
+
+    variant = builtin_dir("prompts") / "variants" / "sequential_id_only.yaml"
+    module = RecDataModule(tasks=[TaskSpec("sequential", prompts=str(variant))], root=str(tiny_reviews), cache_dir=None)
+    assert [t.id for t in module.families[0].prompts.templates] == ["id-only"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("templates:\n  - {id: x, text: '{user} likes {colour}: {item}', target: item}\n")
+    with pytest.raises(PromptError, match=r"template 'x' names slot \{colour\}"):
+        RecDataModule(tasks=[TaskSpec("sequential", prompts=str(bad))], root=str(tiny_reviews), cache_dir=None)
+
+
+def test_unconstrained_ratings_are_parsed_in_range_or_counted_as_misses(dm):
+    import torch
+
+    from recsys_lightning.generation.generator import Generator
+    from recsys_lightning.metrics import rating_metrics, update_rating
+    from recsys_lightning.ratings import RatingDecoder
+    from tests.conftest import make_glm
+
+    dm.setup("test")
+    stream = next(i for i, s in enumerate(dm.eval_streams) if s.family.name == "rating")
+    batch = next(iter(dm.test_dataloader()[stream]))
+    generator = Generator(make_glm(len(dm.tokenizer)), dm.tokens, beam_size=2)
+    decoded = RatingDecoder(family(dm, "rating").ctx, constrained=False).decode(generator, batch)
+    assert len(decoded) == len(batch["input_ids"]) and all(d is None or 1.0 <= d <= 5.0 for d in decoded)
+    metrics = rating_metrics()
+    update_rating(metrics, decoded, batch["rating_value"])
+    expected = sum(d is None for d in decoded) / len(decoded)
+    assert abs(float(metrics["unparsed_rate"].compute()) - expected) < 1e-6
+    constrained = RatingDecoder(family(dm, "rating").ctx, constrained=True).decode(generator, batch)
+    assert all(isinstance(d, float) for d in constrained)
+    assert torch.is_tensor(batch["rating_value"])
