@@ -24,7 +24,7 @@ from recsys_lightning.data.textualize import describe_item, describe_user, with_
 from recsys_lightning.data.tokenizer import GLMTokens, load_tokenizer, train_tokenizer
 from recsys_lightning.family import FamilyContext, Request, TaskFamily, seeded_choice
 from recsys_lightning.model.layout import collate_part_a
-from recsys_lightning.registry import discover, get_task
+from recsys_lightning.registry import builtin_dir, discover, get_task
 
 DEMO_ROOT = Path(__file__).resolve().parent / "demo"
 
@@ -38,7 +38,8 @@ class TaskSpec:
         weight: relative sampling weight of the family's training examples.
         options: keyword options of the family's constructor.
         max_eval_requests: evaluate at most this many validation/test requests (a seeded subset); None = all.
-        prompts: a prompt file replacing the family's own templates (same format and slots).
+        prompts: a prompt file replacing the family's own templates (same format and slots): a path, or a path
+            inside the shipped `prompts/` folder such as `variants/sequential_id_only.yaml`.
     """
 
     name: str
@@ -144,7 +145,8 @@ class RecDataModule(L.LightningDataModule):
         except TypeError as err:
             raise ValueError(f"data.tasks[{i}] ({spec.name}): bad options {spec.options}: {err}") from None
         if spec.prompts:
-            family.prompts = family.load_prompts(Path(spec.prompts))
+            path = Path(spec.prompts)
+            family.prompts = family.load_prompts(path if path.exists() else builtin_dir("prompts") / path)
         return family
 
     # --- set-up --------------------------------------------------------------------------------

@@ -19,6 +19,9 @@ from recsys_lightning.generation.blank import Model
 from recsys_lightning.model.glm import KVCache
 
 
+# transformers renamed the model output's cache field from `past_key_values` (<= 5.17) to `cache` (5.24)
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 class GLMGenerateConfig(PreTrainedConfig):
     """Just enough configuration for `generate`: the vocabulary size."""
 
@@ -69,6 +72,7 @@ class GLMForGenerate(PreTrainedModel, GenerationMixin):
                                       attention_mask: torch.Tensor | None = None,
                                       mask_position: torch.Tensor | None = None, **kwargs: Any) -> dict[str, Any]:
         """The whole prompt on the first call, then only the newest token (the rest is in the cache)."""
+        cache = kwargs.get(CACHE_FIELD, cache)
         if cache is not None:
             input_ids = input_ids[:, -1:]
         return {"input_ids": input_ids, "cache": cache, "attention_mask": attention_mask,
@@ -77,6 +81,7 @@ class GLMForGenerate(PreTrainedModel, GenerationMixin):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_position: torch.Tensor,
                 cache: PromptCache | None = None, **kwargs: Any) -> CausalLMOutputWithPast:
         """The prompt (first call) or one new Part B token per row; logits of the last token only."""
+        cache = kwargs.get(CACHE_FIELD, cache)
         b, n = input_ids.shape
         valid = attention_mask.bool()
         if cache is None:
@@ -97,7 +102,7 @@ class GLMForGenerate(PreTrainedModel, GenerationMixin):
         out = self.glm(input_ids=input_ids, position_ids=torch.stack([inter, intra], 1), attention_mask=mask[:, None],
                        past_key_values=past, use_cache=True, logits_positions=last)
         return CausalLMOutputWithPast(logits=out.logits.view(b, 1, -1),
-                                      cache=PromptCache(out.past_key_values, prompt_length))
+                                      **{CACHE_FIELD: PromptCache(out.past_key_values, prompt_length)})
 
 
 class DictTrie:

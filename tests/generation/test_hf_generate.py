@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from recsys_lightning.generation.beam import trie_beam_search
-from recsys_lightning.generation.hf_generate import DictTrie, GLMForGenerate, hf_trie_beam_search, left_padded_prompts
+from recsys_lightning.generation.hf_generate import (CACHE_FIELD, DictTrie, GLMForGenerate, hf_trie_beam_search,
+                                                     left_padded_prompts)
 from recsys_lightning.generation.trie import ItemTrie
 from recsys_lightning.model.layout import collate_part_a
 from tests.conftest import make_glm
@@ -26,7 +27,8 @@ def test_wrapper_keeps_the_weights_and_scores_like_a_full_forward(tokenizer, tok
     total = out.logits[:, -1].log_softmax(-1)[:, item[0]]
     for prev, nxt in zip(item, [*item[1:], tokens.eop]):
         attention_mask = torch.cat([attention_mask, torch.ones(2, 1, dtype=torch.long)], 1)
-        out = wrapper(torch.full((2, 1), prev), attention_mask, batch["mask_index"], cache=out.cache)
+        out = wrapper(torch.full((2, 1), prev), attention_mask, batch["mask_index"],
+                      cache=getattr(out, CACHE_FIELD))
         total = total + out.logits[:, -1].log_softmax(-1)[:, nxt]
     ref = torch.cat([brute_force_scores(model, r["input_ids"], r["mask_index"], [item], tokens) for r in rows])
     assert torch.allclose(total, ref, atol=1e-4)
