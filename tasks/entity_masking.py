@@ -11,6 +11,9 @@ Poisson(mean_span) spans of other text until ~mask_ratio of its tokens, spans sh
 example. Evaluation: each held-out text with one entity other than its subject (seeded) as the blank; exact match
 of the greedy infill with the entity's tokens, and the teacher-forced perplexity of the entity's tokens and
 <|endofpiece|> (exact, `Generator.score_candidates`).
+
+Mixing: descriptions of training users show their features, so beside a family that predicts a user feature
+(`user_attribute`), leave out `user` from `sources` or that family's held-out users' answers are trained on.
 """
 
 from __future__ import annotations

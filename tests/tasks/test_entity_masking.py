@@ -153,3 +153,12 @@ def test_bad_options_are_named():
         cls(behaviour="{user} at {when}")
     with pytest.raises(ValueError, match="mask ratio"):
         cls(mask_ratio=0.0)
+
+
+def test_a_text_whose_first_entity_cannot_fit_stops_the_build_naming_the_row(tiny_reviews):
+    from recsys_lightning.data.encode import EncodingError
+
+    dm = RecDataModule(tasks=[TaskSpec("entity_masking")], root=str(tiny_reviews), vocab_size=300, max_length=4,
+                       cache_dir=None)
+    with pytest.raises(EncodingError, match=r"template 'mask-1', request 0: no head of the \d+-token text fits"):
+        dm.setup("fit")
