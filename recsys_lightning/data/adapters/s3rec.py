@@ -27,7 +27,7 @@ P5_SEQUENCE_FILES = ("sequential_data.txt", "sequential.txt")
 ID_COLUMNS = ("item_id", "s3rec_item_id")
 RAW_ID_COLUMNS = ("asin", "business_id")
 LIST_COLUMNS = ("attributes", "categories")
-UNKNOWN_VALUES = frozenset({"Unknown"})  # S3-Rec's placeholder brand
+UNKNOWN_VALUES = frozenset({"Unknown"})  # what S3-Rec writes for a missing brand
 TEMPLATES = {
     "user": "{user}",
     "item": "item {item}[ is {title}][, in {categories}][, with attributes {attributes}]",
