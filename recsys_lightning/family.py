@@ -15,6 +15,7 @@ from torchmetrics import Metric
 from recsys_lightning.data.tokenizer import GLMTokens
 from recsys_lightning.generation.answers import AnswerSet
 from recsys_lightning.generation.trie import ItemTrie
+from recsys_lightning.model.masking import Masking
 from recsys_lightning.prompts import PromptSet, Template, load_prompts
 
 if TYPE_CHECKING:
@@ -74,7 +75,9 @@ class TaskFamily(ABC):
     drawn for it), `entity_slots` (which slot values are entities) and implement `requests`, `metrics`,
     `evaluate` and `predict`. A template's target slot says what is decoded and scored: the core evaluates
     one stream per (seen/unseen, target slot) and hands the stream's target to the family as
-    `batch["target_slot"]`. Registration stamps `name` and `source`.
+    `batch["target_slot"]`. A family that sets `masking` trains on its whole filled templates masked at the
+    entity level (`model/masking.py`) instead of on the target slot as the one blank; evaluation is unchanged.
+    Registration stamps `name` and `source`.
     """
 
     name: ClassVar[str] = ""
@@ -84,6 +87,9 @@ class TaskFamily(ABC):
     entity_slots: ClassVar[frozenset[str]] = frozenset()
     # Metadata columns (beside the tokens) that `collate` turns into tensors or keeps as lists.
     meta_columns: ClassVar[tuple[str, ...]] = ()
+    # Training layout: None blanks each template's target slot; a `Masking` lays out the whole filled template
+    # as entity-level blanks (whole entities, Poisson spans of other text, ~ratio of the tokens).
+    masking: Masking | None = None
 
     def __init__(self, weight: float = 1.0, **options: Any) -> None:
         if options:

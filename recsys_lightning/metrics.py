@@ -54,6 +54,14 @@ class ROUGE(Metric):
         return {key: (getattr(self, key) / self.count).float() for key in self.KEYS}
 
 
+class Perplexity(MeanMetric):
+    """Corpus perplexity of teacher-forced targets: `update(nll_per_token, weight=tokens)` per target, exp of
+    the token-weighted mean at the end (so batching and process count do not change it)."""
+
+    def compute(self) -> torch.Tensor:
+        return super().compute().exp()
+
+
 def text_metrics(bleu_n: int) -> dict[str, Metric]:
     """Corpus BLEU-n and ROUGE-1/2/L F-measures of generated against reference text."""
     return {f"bleu{bleu_n}": BLEUScore(n_gram=bleu_n), "rouge": ROUGE()}

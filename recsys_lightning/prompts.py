@@ -9,6 +9,8 @@ from typing import Sequence
 
 import yaml
 
+from recsys_lightning.data.textualize import Described
+
 MASK_TOKENS = ("[MASK]", "[sMASK]", "[gMASK]")
 
 
@@ -46,10 +48,14 @@ class Template:
         names = tuple(name for _, name, _, _ in string.Formatter().parse(self.text) if name is not None)
         object.__setattr__(self, "slots", names)
 
-    def render(self, values: dict[str, str | Sequence[str]], entity_slots: frozenset[str]) -> Rendered:
-        """Fill the slots; the target slot becomes the mask token and its value the Part B target.
+    def render(self, values: dict[str, str | Sequence[str] | Described], entity_slots: frozenset[str],
+               blank: bool = True) -> Rendered:
+        """Fill the slots; the target slot becomes the mask token and its value the Part B target. With
+        `blank=False` the target slot is filled like the others and the target is empty (the whole text is the
+        sample, for families whose training rows are entity-masked).
 
-        A list value is joined by ", " and each element is its own entity span.
+        A list value is joined by ", " and each element is its own entity span; a `Described` value (a text
+        with its entity spans, `data/textualize.py`) keeps its entities.
         """
         parts: list[str] = []
         entities: list[tuple[int, int, str]] = []
@@ -59,11 +65,16 @@ class Template:
             length += len(literal)
             if name is None:
                 continue
-            if name == self.target:
+            if name == self.target and blank:
                 parts.append(self.mask)
                 length += len(self.mask)
                 continue
             value = values[name]
+            if isinstance(value, Described):
+                entities += [(length + start, length + end, field) for start, end, field in value.entities]
+                parts.append(value.text)
+                length += len(value.text)
+                continue
             pieces = [value] if isinstance(value, str) else list(value)
             for i, piece in enumerate(pieces):
                 if i:
@@ -73,7 +84,7 @@ class Template:
                     entities.append((length, length + len(piece), name))
                 parts.append(piece)
                 length += len(piece)
-        target = values[self.target]
+        target = values[self.target] if blank else ""
         if not isinstance(target, str):
             raise PromptError(f"template {self.id!r}: target slot {self.target!r} must be a single string")
         return Rendered("".join(parts), target, tuple(entities), self.id, self.unseen)

@@ -42,3 +42,18 @@ def test_seen_unseen_split_and_schema_errors(tmp_path):
     with pytest.raises(PromptError, match="needs at least one seen"):
         load_prompts(write(tmp_path, "templates:\n  - {id: a, text: '{i}', target: i, unseen: true}\n")).validate(
             frozenset({"i"}), "fam")
+
+
+def test_described_values_keep_their_entities_and_an_unblanked_render_fills_the_target():
+    from recsys_lightning.data.textualize import Described
+
+    t = Template(id="t", text="Note: {before}{entity}{after}", target="entity")
+    values = {"before": Described("item 7 is ", ((5, 6, "item"),)), "entity": "Soap",
+              "after": Described(", in Bath, Body.", ((5, 9, "categories"), (11, 15, "categories")))}
+    blanked = t.render(values, frozenset({"entity"}))
+    assert blanked.text == "Note: item 7 is [MASK], in Bath, Body." and blanked.target == "Soap"
+    assert [blanked.text[s:e] for s, e, _ in blanked.entities] == ["7", "Bath", "Body"]
+    full = t.render(values, frozenset({"entity"}), blank=False)
+    assert full.text == "Note: item 7 is Soap, in Bath, Body." and full.target == ""
+    assert [(full.text[s:e], f) for s, e, f in full.entities] == [
+        ("7", "item"), ("Soap", "entity"), ("Bath", "categories"), ("Body", "categories")]

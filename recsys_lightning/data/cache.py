@@ -23,7 +23,7 @@ from recsys_lightning.data.tokenizer import wrap_tokenizer
 
 PACKAGE = Path(__file__).resolve().parent.parent
 # Source files whose code shapes the rows: every data module, prompt rendering, the family base, the layout.
-CODE = ("data/**/*.py", "prompts.py", "family.py", "model/layout.py")
+CODE = ("data/**/*.py", "prompts.py", "family.py", "model/layout.py", "model/masking.py")
 
 
 def _sha(chunks: Iterable[bytes]) -> str:

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from recsys_lightning.data.adapters import load_dataset
 from recsys_lightning.data.cache import ExampleCache, code_hash, data_fingerprint, files_hash, tokenizer_hash
-from recsys_lightning.data.encode import encode_rows
+from recsys_lightning.data.encode import encode_masked_rows, encode_rows
 from recsys_lightning.data.indexing import ItemIndex, build_index
 from recsys_lightning.data.sampling import evaluation_loader, example_lengths, training_loader
 from recsys_lightning.data.schema import RecData
@@ -24,6 +24,7 @@ from recsys_lightning.data.textualize import describe_item, describe_user, with_
 from recsys_lightning.data.tokenizer import GLMTokens, load_tokenizer, train_tokenizer
 from recsys_lightning.family import FamilyContext, Request, TaskFamily, seeded_choice
 from recsys_lightning.model.layout import collate_part_a
+from recsys_lightning.model.masking import Masking
 from recsys_lightning.registry import builtin_dir, discover, get_task
 
 DEMO_ROOT = Path(__file__).resolve().parent / "demo"
@@ -231,7 +232,7 @@ class RecDataModule(L.LightningDataModule):
     def _examples(self, family: TaskFamily, split: str, stream: EvalStream | None = None) -> Dataset:
         """Training examples, or one evaluation stream's, encoded; from the cache when it holds them."""
         def build() -> Dataset:
-            return self._encode(self._rows(family, split, stream), train=stream is None)
+            return self._encode(self._rows(family, split, stream), train=stream is None, masking=family.masking)
         if self.cache is None:
             return build()
         limit = f"-max{stream.max_requests}" if stream is not None and stream.max_requests else ""
@@ -247,8 +248,8 @@ class RecDataModule(L.LightningDataModule):
         if not requests:
             raise ValueError(f"task family {family.name!r} has no {split} requests in dataset {self.data.name!r}")
         if stream is None:
-            return [self._render(family, r, seeded_choice(family.prompts.seen, seed, split, i), i)
-                    for i, r in enumerate(requests)]
+            return [self._render(family, r, seeded_choice(family.prompts.seen, seed, split, i), i,
+                                 blank=family.masking is None) for i, r in enumerate(requests)]
         keep = range(len(requests))
         if stream.max_requests is not None and stream.max_requests < len(requests):
             keep = sorted(np.random.default_rng(seed).permutation(len(requests))[: stream.max_requests].tolist())
@@ -259,15 +260,20 @@ class RecDataModule(L.LightningDataModule):
         return rows
 
     @staticmethod
-    def _render(family: TaskFamily, request: Request, template: Any, i: int) -> dict[str, Any]:
-        rendered = template.render(request.values, family.entity_slots)
+    def _render(family: TaskFamily, request: Request, template: Any, i: int, blank: bool = True) -> dict[str, Any]:
+        rendered = template.render(request.values, family.entity_slots, blank)
         return {"text": rendered.text, "target": rendered.target, "template": rendered.template_id,
                 "entity_spans": [list(e[:2]) for e in rendered.entities], "request_id": i, **request.meta}
 
-    def _encode(self, rows: list[dict[str, Any]], train: bool) -> Dataset:
+    def _encode(self, rows: list[dict[str, Any]], train: bool, masking: Masking | None = None) -> Dataset:
+        """Token layouts of rendered rows: the target slot as the blank, or entity-masked texts for training rows
+        of a family with `masking`."""
         assert self.tokenizer is not None
-        fn = partial(encode_rows, tokenizer=self.tokenizer, tokens=self.tokens, max_length=self.hparams.max_length,
-                     train=train)
+        common = {"tokenizer": self.tokenizer, "tokens": self.tokens, "max_length": self.hparams.max_length}
+        if train and masking is not None:
+            fn = partial(encode_masked_rows, **common, masking=masking, seed=self.hparams.seed)
+        else:
+            fn = partial(encode_rows, **common, train=train)
         num_proc = self.hparams.num_proc if self.hparams.num_proc > 1 and len(rows) >= 1000 else None
         return Dataset.from_list(rows).map(fn, batched=True, num_proc=num_proc)
 

@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from recsys_lightning.data.tokenizer import GLMTokens
 from recsys_lightning.model.layout import Blank, infill
+from recsys_lightning.model.masking import Masking, fitted_masked_sample
 
 
 class EncodingError(ValueError):
@@ -81,6 +82,25 @@ def encode_rows(batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase,
         shift = mask_index - prompt.index(ids[mask_index])
         spans = entity_token_spans(offsets[i], batch["entity_spans"][i])
         row["entity_tokens"] = [[a + shift, b + shift] for a, b in spans if a + shift >= 1]
+        for key, value in row.items():
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def encode_masked_rows(batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase, tokens: GLMTokens,
+                       max_length: int, masking: Masking, seed: int) -> dict[str, list[Any]]:
+    """`datasets.map` function for entity-masked training rows: each row's whole `text` laid out by
+    `model/masking.py` around its `entity_spans`, with a generator seeded by (seed, request id); a text too long
+    for `max_length` keeps its longest head that fits, cut between entities."""
+    texts, offsets = tokenize(tokenizer, batch["text"])
+    out: dict[str, list[Any]] = {}
+    for ids, offset, spans, request, template in zip(texts, offsets, batch["entity_spans"], batch["request_id"],
+                                                      batch["template"]):
+        try:
+            row = fitted_masked_sample(ids, entity_token_spans(offset, spans), tokens, masking, (seed, request),
+                                       max_length)
+        except ValueError as err:
+            raise EncodingError(f"template {template!r}, request {request}: {err}") from None
         for key, value in row.items():
             out.setdefault(key, []).append(value)
     return out

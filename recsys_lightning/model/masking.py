@@ -8,6 +8,7 @@ masked fraction is `ratio` while no unit is ever cut. Part B holds the blanks in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,14 +19,19 @@ from recsys_lightning.model.layout import Blank, infill
 Span = tuple[int, int]  # [start, end) token indices
 
 
-def token_spans(offsets: Sequence[tuple[int, int]], char_spans: Sequence[Span]) -> list[Span]:
-    """Entity character spans -> token spans: every token whose characters overlap the entity belongs to it."""
-    spans = []
-    for start, end in char_spans:
-        inside = [i for i, (a, b) in enumerate(offsets) if a < end and b > start and b > a]
-        if inside:
-            spans.append((inside[0], inside[-1] + 1))
-    return spans
+@dataclass(frozen=True)
+class Masking:
+    """How a text becomes a training sample: the share of its tokens masked and the mean length of the Poisson
+    spans cut from non-entity text."""
+
+    ratio: float = 0.15
+    mean_span: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ratio < 1:
+            raise ValueError(f"mask ratio must be in (0, 1), got {self.ratio}")
+        if self.mean_span <= 0:
+            raise ValueError(f"mean span length must be > 0, got {self.mean_span}")
 
 
 def merge_spans(spans: Sequence[Span], length: int) -> list[Span]:
@@ -94,3 +100,24 @@ def entity_masked_sample(ids: Sequence[int], entities: Sequence[Span], tokens: G
     part_a += [*ids[cursor:], tokens.eos]
     order = rng.permutation(len(blanks))
     return infill(part_a, [blanks[i] for i in order], tokens)
+
+
+def fitted_masked_sample(ids: Sequence[int], entities: Sequence[Span], tokens: GLMTokens, masking: Masking,
+                         seed: Sequence[int], max_length: int) -> dict[str, Any]:
+    """`entity_masked_sample` of the longest head of `ids` whose layout fits `max_length` tokens, never ending
+    inside an entity. Each try draws from a generator seeded with `seed`, so a sample is the same in every run
+    and process."""
+    merged = merge_spans(entities, len(ids))
+    keep = min(len(ids), max_length - 2)
+    while True:
+        keep = min([keep, *(start for start, end in merged if start < keep < end)])
+        if keep <= 0:
+            raise ValueError(f"no head of the {len(ids)}-token text fits in {max_length} tokens without cutting "
+                             f"its first entity {merged[0]}")
+        rng = np.random.default_rng(list(seed))
+        sample = entity_masked_sample(ids[:keep], [e for e in merged if e[1] <= keep], tokens, rng,
+                                      masking.ratio, masking.mean_span)
+        excess = len(sample["input_ids"]) - max_length
+        if excess <= 0:
+            return sample
+        keep -= excess

@@ -10,7 +10,8 @@ import pytest
 
 from recsys_lightning.data.tokenizer import GLMTokens, train_tokenizer
 from recsys_lightning.model.layout import IGNORE
-from recsys_lightning.model.masking import entity_masked_sample, masking_units, merge_spans, token_spans
+from recsys_lightning.data.encode import entity_token_spans
+from recsys_lightning.model.masking import Masking, entity_masked_sample, fitted_masked_sample, masking_units, merge_spans
 from tests.conftest import SHARED_DATA
 
 BEAUTY_ITEMS = SHARED_DATA / "beauty" / "derived" / "beauty_items.tsv"
@@ -56,7 +57,7 @@ def test_entities_are_never_cut_and_the_mask_ratio_holds_on_beauty_text():
     encoded = tokenizer([t for t, _ in texts], add_special_tokens=False, return_offsets_mapping=True)
     ratios, entity_count, masked_entities = [], 0, 0
     for (text, chars), ids, offsets in zip(texts, encoded["input_ids"], encoded["offset_mapping"]):
-        entities = merge_spans(token_spans(offsets, chars), len(ids))
+        entities = merge_spans(entity_token_spans(offsets, chars), len(ids))
         sample = entity_masked_sample(ids, entities, tokens, rng)
         restored, blanks = filled_in(sample, tokens)
         assert restored == ids  # Part A + Part B is exactly the text
@@ -95,3 +96,20 @@ def test_overlapping_entities_merge_and_bad_spans_are_rejected():
     assert merge_spans([(5, 8), (2, 4), (3, 6)], 10) == [(2, 8)]
     with pytest.raises(ValueError, match="outside the 10 tokens"):
         merge_spans([(8, 12)], 10)
+
+
+def test_a_long_text_keeps_the_longest_head_that_fits_and_ends_between_entities(tokens):
+    ids = list(range(20, 120))
+    entities = [(10, 14), (55, 70)]
+    sample = fitted_masked_sample(ids, entities, tokens, Masking(), (0, 3), max_length=64)
+    assert len(sample["input_ids"]) <= 64
+    restored, blanks = filled_in(sample, tokens)
+    assert restored == ids[: len(restored)] and len(restored) <= 55  # cut before the entity at 55..70, not inside
+    assert len(restored) > 40
+    again = fitted_masked_sample(ids, entities, tokens, Masking(), (0, 3), max_length=64)
+    assert again == sample  # seeded: the same sample in every run
+    assert fitted_masked_sample(ids, entities, tokens, Masking(), (0, 4), max_length=64) != sample
+    with pytest.raises(ValueError, match="without cutting its first entity"):
+        fitted_masked_sample(ids, [(0, 80)], tokens, Masking(), (0, 3), max_length=64)
+    with pytest.raises(ValueError, match="mask ratio"):
+        Masking(ratio=1.5)
