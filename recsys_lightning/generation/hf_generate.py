@@ -22,6 +22,7 @@ from recsys_lightning.model.glm import KVCache
 # transformers renamed the model output's cache field from `past_key_values` (<= 5.17) to `cache` (5.24)
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
+
 class GLMGenerateConfig(PreTrainedConfig):
     """Just enough configuration for `generate`: the vocabulary size."""
 
