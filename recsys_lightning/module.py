@@ -40,6 +40,7 @@ class RecSysLLM(L.LightningModule):
         warmup_steps: int = 0,
         schedule: Literal["cosine", "constant"] = "cosine",
         beam_size: int = 20,
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -50,6 +51,8 @@ class RecSysLLM(L.LightningModule):
             warmup_steps: linear warm-up steps before the schedule.
             schedule: learning-rate shape after warm-up.
             beam_size: beams of the Trie-constrained search in evaluation and prediction.
+            compile: torch.compile the training forward (network, mask and Part B logits as one graph) for
+                fused GPU kernels; evaluation and prediction decode with the eager network.
         """
         super().__init__()
         self.backbone = backbone or NativeGLM()
@@ -81,17 +84,18 @@ class RecSysLLM(L.LightningModule):
             network = self.backbone.add_lora(network, self.lora, self.tokenizer)
         precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
         self.network = shard_network(network, self.device_mesh, precision)
+        if self.hparams.compile:
+            self.compile()  # `self(batch)`, which only training_step calls
 
     # --- training ------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits of the labelled (Part B) positions, flattened to (N, vocab)."""
+        """Logits (N, vocab) at the batch's `target_positions`: its Part B tokens, padded (layout.part_b_targets)."""
         mask = self.backbone.infilling_mask(batch["segment_ids"], batch["part_a"])
         return self.network(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask,
-                            logits_positions=batch["labels"] != IGNORE).logits
+                            logits_positions=batch["target_positions"]).logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        labels = batch["labels"]
-        loss = F.cross_entropy(self(batch).float(), labels[labels != IGNORE])
+        loss = F.cross_entropy(self(batch).float(), batch["targets"], ignore_index=IGNORE)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 

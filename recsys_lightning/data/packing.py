@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from recsys_lightning.model.layout import IGNORE, pad_stack
+from recsys_lightning.model.layout import IGNORE, pad_stack, part_b_targets
 
 
 def pack_steps(order: Sequence[int], lengths: Sequence[int], rows: int, row_length: int) -> list[list[list[int]]]:
@@ -77,9 +77,11 @@ def collate_packed(rows: Sequence[Sequence[dict[str, Any]]], pad_id: int, length
         for k in fields:
             fields[k].append(out[k])
     length = length or max(len(ids) for ids in fields["input_ids"])
+    labels = pad_stack(fields["labels"], IGNORE, length)
     return {
         "input_ids": pad_stack(fields["input_ids"], pad_id, length),
-        "labels": pad_stack(fields["labels"], IGNORE, length),
+        "labels": labels,
+        **part_b_targets(labels),
         "position_ids": torch.stack([pad_stack(fields["inter"], 0, length), pad_stack(fields["intra"], 0, length)],
                                     dim=1),
         "segment_ids": pad_stack(fields["segment"], -1, length),

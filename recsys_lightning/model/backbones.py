@@ -96,8 +96,9 @@ class NativeGLM(Backbone):
             checkpoint: a THUDM GLM folder (config.json, .bin/.safetensors weights, tokenizer) or hub name;
                 sizes then come from its config.json.
             dtype: dtype of the base weights (bfloat16 halves memory; meant for LoRA).
-            attention: sdpa (dense mask), flex (FlexAttention block mask, no attention dropout), or auto: flex on
-                GPU when attention_dropout is 0, else sdpa.
+            attention: sdpa (dense mask), flex (FlexAttention block mask, no attention dropout), or auto: sdpa,
+                the faster at the row lengths measured (`make bench-train`: 2.2x flex's step on an H100 at
+                16 x 512); flex saves the dense (B, L, L) mask's memory on very long rows.
             adapter: a LoRA adapter folder (from `recsys-lightning export`) merged into the checkpoint's weights.
         """
         self.sizes = dict(hidden_size=hidden_size, num_layers=num_layers, num_attention_heads=num_attention_heads,
@@ -143,8 +144,7 @@ class NativeGLM(Backbone):
         return LoRADefaults(GLM_LORA_TARGETS, trainable_tokens=tokens)
 
     def infilling_mask(self, segment_ids: torch.Tensor, part_a: torch.Tensor) -> AttentionMask:
-        flex = self.attention == "flex" or (
-            self.attention == "auto" and segment_ids.is_cuda and not self.dropout["attention_dropout"])
+        flex = self.attention == "flex"
         return (blank_infilling_block_mask if flex else blank_infilling_mask)(segment_ids, part_a)
 
     def save_merged(self, network: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path) -> dict[str, Any]:

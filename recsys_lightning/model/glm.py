@@ -39,6 +39,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMas
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
+def select_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rows of x (B, L, d) at `positions`, flattened to (N, d): a (B, L) bool mask, or (N,) flat indices into B x L.
+
+    Flat indices (the training batches' `target_positions`, made by the collator) need no device sync and keep
+    shapes static under torch.compile; a bool mask makes the GPU wait for the CPU to count its True entries.
+    """
+    if positions.dtype == torch.bool:
+        return x[positions]
+    return x.flatten(0, 1).index_select(0, positions)
+
+
 @dataclass
 class GLMConfig:
     """Sizes of a GLM; `intermediate_size` defaults to 4 x hidden as in GLM."""
@@ -129,8 +140,8 @@ class GLMModel(nn.Module):
 
     `attention_mask` is a bool tensor (True = attend, SDPA) or a FlexAttention `BlockMask` over the same pattern.
 
-    `logits_positions` (B, L) bool keeps only those positions' logits, flattened to (N, vocab): training needs
-    them for Part B alone, which saves most of the output layer's work.
+    `logits_positions` ((B, L) bool, or (N,) flat indices: `select_positions`) keeps only those positions' logits,
+    flattened to (N, vocab): training needs them for Part B alone, which saves most of the output layer's work.
     """
 
     def __init__(self, config: GLMConfig) -> None:
@@ -188,6 +199,6 @@ class GLMModel(nn.Module):
             presents.append(present)
         x = stack.final_layernorm(x)
         if logits_positions is not None:
-            x = x[logits_positions]
+            x = select_positions(x, logits_positions)
         logits = F.linear(x, self.word_embeddings.weight)
         return GLMOutput(logits, presents if use_cache else None)

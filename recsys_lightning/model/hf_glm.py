@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrai
 from recsys_lightning.data.tokenizer import GLMTokens, load_backbone_tokenizer
 from recsys_lightning.model.backbones import Backbone, DType, torch_dtype
 from recsys_lightning.model.checkpoints import check_source
-from recsys_lightning.model.glm import GLMOutput, KVCache
+from recsys_lightning.model.glm import GLMOutput, KVCache, select_positions
 from recsys_lightning.model.lora import LoRA, LoRADefaults, apply_lora, merge_adapter
 
 BLOCK_POSITIONS_FILE = "block_position_embeddings.safetensors"
@@ -68,7 +68,7 @@ class GLMModeLM(nn.Module):
                             **{self.cache_argument: cache})
         hidden = out.last_hidden_state
         if logits_positions is not None:
-            hidden = hidden[logits_positions]
+            hidden = select_positions(hidden, logits_positions)
         logits = hf.get_output_embeddings()(hidden)
         presents = [(layer.keys, layer.values) for layer in cache.layers] if use_cache else None
         return GLMOutput(logits, presents)

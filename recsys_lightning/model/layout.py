@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the layout needs only torch (benchmarks/bench_train.py runs
     from recsys_lightning.data.tokenizer import GLMTokens
 
 IGNORE = -100
+TARGET_BUCKET = 64  # Part B target counts are padded to a multiple of this: few distinct shapes to compile
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,19 @@ def pad_stack(seqs: Sequence[Sequence[int]], value: int, length: int | None = No
     return out
 
 
+def part_b_targets(labels: torch.Tensor, bucket: int = TARGET_BUCKET) -> dict[str, torch.Tensor]:
+    """The labelled (Part B) tokens of a (B, L) batch as flat positions into B x L and their labels, padded to a
+    multiple of `bucket` (position 0, label IGNORE). Made by the collator on the CPU, so the training step needs
+    no device sync to count them and its output layer sees few distinct shapes."""
+    positions = (labels != IGNORE).flatten().nonzero().squeeze(1)
+    size = -(-len(positions) // bucket) * bucket
+    padded = torch.zeros(size, dtype=torch.long)
+    padded[: len(positions)] = positions
+    targets = torch.full((size,), IGNORE, dtype=torch.long)
+    targets[: len(positions)] = labels.flatten()[positions]
+    return {"target_positions": padded, "targets": targets}
+
+
 def collate_infill(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     """Batch laid-out samples: one sample per row, right-padded (segment -1 marks padding)."""
     input_ids = pad_stack([r["input_ids"] for r in rows], pad_id)
@@ -63,9 +77,11 @@ def collate_infill(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, tor
     part_a_len = torch.tensor([r["part_a_length"] for r in rows])
     idx = torch.arange(length)
     segment = torch.where(idx < lengths[:, None], 0, -1)
+    labels = pad_stack([r["labels"] for r in rows], IGNORE, length)
     return {
         "input_ids": input_ids,
-        "labels": pad_stack([r["labels"] for r in rows], IGNORE, length),
+        "labels": labels,
+        **part_b_targets(labels),
         "position_ids": torch.stack(
             [pad_stack([r["inter_position"] for r in rows], 0, length),
              pad_stack([r["intra_position"] for r in rows], 0, length)], dim=1),
@@ -97,7 +113,9 @@ def blank_infilling_block_mask(segment_ids: torch.Tensor, part_a: torch.Tensor) 
         same = (seg_q == seg_kv) & (seg_kv >= 0)
         return (same & (part_a[b, kv] | (kv <= q))) | (q == kv)
 
-    return create_block_mask(mask_mod, batch, None, length, length, device=segment_ids.device)
+    # compiled on GPU: the eager build materializes the whole (B, L, L) mask through vmap every step
+    return create_block_mask(mask_mod, batch, None, length, length, device=segment_ids.device,
+                             _compile=segment_ids.is_cuda)
 
 
 def collate_part_a(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -36,9 +36,14 @@ def test_the_bench_step_is_recsysllm_s_training_objective():
     module = RecSysLLM()
     module.network = step.network
     batch = bench.packed_batches(SHAPE, rows=4, steps=1, seed=1)[0][0]
-    labels = batch["labels"]
-    expected = F.cross_entropy(module(batch), labels[labels != IGNORE])
+    expected = F.cross_entropy(module(batch), batch["targets"], ignore_index=IGNORE)  # RecSysLLM.training_step
     assert step.training_step(batch, 0).item() == pytest.approx(expected.item(), rel=1e-6)
+    labels = batch["labels"]  # the padded Part B targets give the loss of the unpadded labels
+    unpadded = F.cross_entropy(step.network(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                            attention_mask=RecSysLLM().backbone.infilling_mask(batch["segment_ids"],
+                                                                                                batch["part_a"]),
+                                            logits_positions=labels != IGNORE).logits, labels[labels != IGNORE])
+    assert expected.item() == pytest.approx(unpadded.item(), rel=1e-6)
 
 
 def test_multitask_lengths_follow_the_family_mix():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn.attention.flex_attention import create_mask
+from torch.nn.attention.flex_attention import BlockMask, create_mask
 
 from recsys_lightning.model.backbones import NativeGLM
 from recsys_lightning.model.layout import Blank, blank_infilling_block_mask, blank_infilling_mask, infill
@@ -74,10 +74,12 @@ def test_flex_attention_matches_sdpa_and_packing_matches_separate_rows(tokenizer
             torch.testing.assert_close(sdpa[row, start:start + len(ref)], ref, atol=1e-5, rtol=1e-5)
 
 
-def test_auto_attention_uses_sdpa_on_cpu_and_flex_refuses_dropout(tokens):
+def test_auto_attention_is_sdpa_flex_gives_a_block_mask_and_refuses_dropout(tokens):
     one, _, _ = samples(tokens)
     batch = packed_batch(tokens, [[one]], length=12)
     assert isinstance(NativeGLM(attention="auto", attention_dropout=0.0).infilling_mask(
         batch["segment_ids"], batch["part_a"]), torch.Tensor)
+    assert isinstance(NativeGLM(attention="flex", attention_dropout=0.0).infilling_mask(
+        batch["segment_ids"], batch["part_a"]), BlockMask)
     with pytest.raises(ValueError, match="attention_dropout"):
         NativeGLM(attention="flex", attention_dropout=0.1)

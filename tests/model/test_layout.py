@@ -1,6 +1,7 @@
 import torch
 
-from recsys_lightning.model.layout import IGNORE, Blank, blank_infilling_mask, collate_infill, infill
+from recsys_lightning.model.layout import (IGNORE, Blank, blank_infilling_mask, collate_infill, infill,
+                                          part_b_targets)
 
 
 def test_infill_positions_and_labels(tokens):
@@ -30,3 +31,13 @@ def test_mask_part_a_bidirectional_part_b_causal(tokens):
     assert b[5, :6].all()
     assert not mask[0, :, 5].any() or mask[0, 5, 5]  # padding key only visible to itself
     assert not mask[0, :5, 5].any()
+
+
+def test_part_b_targets_are_the_labelled_positions_padded_to_a_bucket():
+    labels = torch.full((3, 10), IGNORE)
+    labels[0, 7:9] = torch.tensor([5, 6])
+    labels[2, 2] = 9
+    out = part_b_targets(labels, bucket=4)
+    assert out["target_positions"].tolist() == [7, 8, 22, 0]  # flat into 3 x 10; padding points at position 0
+    assert out["targets"].tolist() == [5, 6, 9, IGNORE]
+    assert part_b_targets(labels, bucket=3)["targets"].shape == (3,)  # an exact multiple gets no padding

@@ -1,0 +1,32 @@
+"""RecSysLLM's training forward: `compile: true` puts it under torch.compile with the eager forward's loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recsys_lightning.data.packing import collate_packed
+from recsys_lightning.model.backbones import NativeGLM
+from recsys_lightning.model.layout import IGNORE
+from recsys_lightning.module import RecSysLLM
+from tests.data.test_packing import samples
+
+
+def test_compile_gives_the_eager_training_loss_and_leaves_decoding_eager(tokenizer, tokens):
+    module = RecSysLLM(NativeGLM(hidden_dropout=0.0, attention_dropout=0.0), compile=True)
+    module.tokenizer = tokenizer
+    torch.manual_seed(0)
+    module.configure_model()
+    network = module.network
+    assert not hasattr(network, "_compiled_call_impl") or network._compiled_call_impl is None  # decoding: eager
+    rows = samples(tokens, 12)
+    batches = [collate_packed([rows[:6], rows[6:]], tokens.pad), collate_packed([rows], tokens.pad)]
+    for batch in batches:  # two shapes: the second compiles again, and must still match
+        compiled = F.cross_entropy(module(batch), batch["targets"], ignore_index=IGNORE)
+        mask = module.backbone.infilling_mask(batch["segment_ids"], batch["part_a"])
+        eager = F.cross_entropy(network(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                        attention_mask=mask, logits_positions=batch["target_positions"]).logits,
+                                batch["targets"], ignore_index=IGNORE)
+        assert compiled.item() == pytest.approx(eager.item(), rel=1e-4)
+    assert module._compiled_call_impl is not None
