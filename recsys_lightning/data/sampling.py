@@ -9,6 +9,8 @@ equal one process's.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from functools import partial
 from typing import Any, Callable, Iterator, Sequence
@@ -16,9 +18,10 @@ from typing import Any, Callable, Iterator, Sequence
 import datasets
 import pyarrow.compute as pc
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from recsys_lightning.data.packing import collate_packed, pack_steps
+from recsys_lightning.model.layout import LAYOUT_FIELDS
 
 Step = list[list[int]]  # one training step: rows, each a list of example indices (one example per row unpacked)
 Planner = Callable[[list[int]], list[Step]]
@@ -82,16 +85,31 @@ class StepSampler(DistributedSampler):
 
 
 class StepRows(Dataset):
-    """Looks up the examples of one step: `dataset[step]` is a list of rows of examples."""
+    """Looks up the examples of one step: `dataset[step]` is a list of rows of examples.
 
-    def __init__(self, examples: Dataset) -> None:
-        self.examples = examples
+    Indices run over the task tables concatenated; each table is read once per step with all its indices (one
+    Arrow take) and only the laid-out columns the collator needs, which is what keeps a GPU fed with packed rows
+    of short examples.
+    """
+
+    def __init__(self, tables: Sequence[datasets.Dataset]) -> None:
+        self.tables = [t.select_columns(list(LAYOUT_FIELDS)) for t in tables]
+        self.starts = [0, *itertools.accumulate(len(t) for t in self.tables)]
 
     def __len__(self) -> int:
-        return len(self.examples)  # type: ignore[arg-type]
+        return self.starts[-1]
 
     def __getitem__(self, step: Step) -> list[list[dict[str, Any]]]:
-        return [[self.examples[i] for i in row] for row in step]
+        wanted = sorted({i for row in step for i in row})
+        examples: dict[int, dict[str, Any]] = {}
+        for t, table in enumerate(self.tables):
+            lo, hi = bisect.bisect_left(wanted, self.starts[t]), bisect.bisect_left(wanted, self.starts[t + 1])
+            if lo == hi:
+                continue
+            columns = table[[i - self.starts[t] for i in wanted[lo:hi]]]
+            for k, i in enumerate(wanted[lo:hi]):
+                examples[i] = {name: values[k] for name, values in columns.items()}
+        return [[examples[i] for i in row] for row in step]
 
 
 class ResumableLoader(DataLoader):
@@ -112,18 +130,18 @@ class ResumableLoader(DataLoader):
         self.sampler.resume(state["epoch"], state["steps"])
 
 
-def training_loader(datasets: Sequence[Dataset], weights: Sequence[float], lengths: Sequence[int], batch_size: int,
-                    pack_length: int | None, pad_id: int, seed: int, shard: tuple[int, int], num_workers: int,
-                    steps_done: Callable[[], int]) -> ResumableLoader:
+def training_loader(tables: Sequence[datasets.Dataset], weights: Sequence[float], lengths: Sequence[int],
+                    batch_size: int, pack_length: int | None, pad_id: int, seed: int, shard: tuple[int, int],
+                    num_workers: int, steps_done: Callable[[], int]) -> ResumableLoader:
     """The training loader of a task mix: dataset `i` is drawn in proportion to `weights[i]`, one epoch = as many
     draws as examples; `pack_length` packs examples into `batch_size` rows of that many tokens."""
-    per_example = torch.cat([torch.full((len(ds),), w / len(ds)) for w, ds in zip(weights, datasets)])
+    per_example = torch.cat([torch.full((len(ds),), w / len(ds)) for w, ds in zip(weights, tables)])
     if pack_length:
         plan: Planner = partial(pack_steps, lengths=lengths, rows=batch_size, row_length=pack_length)
     else:
         plan = partial(one_per_row, batch_size=batch_size)
     sampler = StepSampler(per_example, plan, seed, num_replicas=shard[0], rank=shard[1])
-    return ResumableLoader(StepRows(ConcatDataset(datasets)), batch_size=None, sampler=sampler,
+    return ResumableLoader(StepRows(tables), batch_size=None, sampler=sampler,
                            collate_fn=partial(collate_packed, pad_id=pad_id, length=pack_length),
                            num_workers=num_workers, steps_done=steps_done)
 

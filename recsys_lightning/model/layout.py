@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the layout needs only torch (benchmarks/bench_train.py runs
     from recsys_lightning.data.tokenizer import GLMTokens
 
 IGNORE = -100
+LAYOUT_FIELDS = ("input_ids", "labels", "inter_position", "intra_position", "part_a_length")  # what `infill` lays out
 TARGET_BUCKET = 64  # Part B target counts are padded to a multiple of this: few distinct shapes to compile
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import datasets
 import pytest
 import torch
 
@@ -57,8 +58,14 @@ def test_resume_continues_mid_epoch_then_starts_the_next_epoch_whole():
     assert at_end.epoch == 3 and list(at_end) == epoch3
 
 
+def laid_out(n: int) -> datasets.Dataset:
+    """A task table of `n` two-token examples; example i predicts token i."""
+    return datasets.Dataset.from_list([{"input_ids": [5, i], "labels": [-100, i], "inter_position": [0, 1],
+                                        "intra_position": [0, 0], "part_a_length": 1, "text": "x"} for i in range(n)])
+
+
 def test_family_weights_set_the_mix_whatever_the_family_sizes():
-    small, large = [{"n": i} for i in range(10)], [{"n": i} for i in range(90)]
+    small, large = laid_out(10), laid_out(90)
     loader = training_loader([small, large], [1.0, 1.0], [1] * 100, 10, None, 0, 0, (1, 0), 0, lambda: 0)
     drawn = torch.tensor(flat(loader.sampler.steps()))
     assert len(drawn) == 100
@@ -67,9 +74,7 @@ def test_family_weights_set_the_mix_whatever_the_family_sizes():
 
 def test_loader_state_is_the_finished_steps_and_resumes_there():
     done = {"steps": 0}
-    rows = [{"input_ids": [5, i], "labels": [-100, i], "inter_position": [0, 1], "intra_position": [0, 0],
-             "part_a_length": 1} for i in range(40)]
-    make = partial(training_loader, [rows], [1.0], [2] * 40, 4, None, 0, 7, (1, 0), 0, lambda: done["steps"])
+    make = partial(training_loader, [laid_out(40)], [1.0], [2] * 40, 4, None, 0, 7, (1, 0), 0, lambda: done["steps"])
     loader = make()
     batches = [b["labels"][:, 1].tolist() for b in loader]
     done["steps"] = 3
@@ -93,3 +98,10 @@ def test_evaluation_shards_cover_each_request_once_in_single_process_batches(len
     assert [i for b in batches for i in b] == list(range(length))  # in order: gathered states match one process
     if -(-length // 16) >= world:
         assert batches == [list(range(s, min(s + 16, length))) for s in range(0, length, 16)]
+
+
+def test_a_step_reads_its_examples_from_every_table_in_step_order():
+    loader = training_loader([laid_out(3), laid_out(4)], [1.0, 1.0], [2] * 7, 2, None, 0, 0, (1, 0), 0, lambda: 0)
+    rows = loader.dataset[[[4, 0], [6, 4, 2]]]  # indices run over both tables: 4 is the second table's example 1
+    assert [[r["labels"][1] for r in row] for row in rows] == [[1, 0], [3, 1, 2]]
+    assert set(rows[0][0]) == {"input_ids", "labels", "inter_position", "intra_position", "part_a_length"}
