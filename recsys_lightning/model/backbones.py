@@ -97,8 +97,9 @@ class NativeGLM(Backbone):
                 sizes then come from its config.json.
             dtype: dtype of the base weights (bfloat16 halves memory; meant for LoRA).
             attention: sdpa (dense mask), flex (FlexAttention block mask, no attention dropout), or auto: sdpa,
-                the faster at the row lengths measured (`make bench-train`: 2.2x flex's step on an H100 at
-                16 x 512); flex saves the dense (B, L, L) mask's memory on very long rows.
+                the faster at the row lengths measured (2.2x flex's training step on an H100, GLM-Large size,
+                16 x 512 rows; compare with `benchmarks/gpu_train.sh --attention flex`); flex saves the dense
+                (B, L, L) mask's memory on very long rows.
             adapter: a LoRA adapter folder (from `recsys-lightning export`) merged into the checkpoint's weights.
         """
         self.sizes = dict(hidden_size=hidden_size, num_layers=num_layers, num_attention_heads=num_attention_heads,
