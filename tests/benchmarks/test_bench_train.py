@@ -40,8 +40,8 @@ def test_the_bench_step_is_recsysllm_s_training_objective():
     assert step.training_step(batch, 0).item() == pytest.approx(expected.item(), rel=1e-6)
     labels = batch["labels"]  # the padded Part B targets give the loss of the unpadded labels
     unpadded = F.cross_entropy(step.network(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                            attention_mask=RecSysLLM().backbone.infilling_mask(batch["segment_ids"],
-                                                                                                batch["part_a"]),
+                                            attention_mask=module.backbone.infilling_mask(batch["segment_ids"],
+                                                                                           batch["part_a"]),
                                             logits_positions=labels != IGNORE).logits, labels[labels != IGNORE])
     assert expected.item() == pytest.approx(unpadded.item(), rel=1e-6)
 
