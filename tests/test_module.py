@@ -30,3 +30,18 @@ def test_compile_gives_the_eager_training_loss_and_leaves_decoding_eager(tokeniz
                                 batch["targets"], ignore_index=IGNORE)
         assert compiled.item() == pytest.approx(eager.item(), rel=1e-4)
     assert module._compiled_call_impl is not None
+
+
+def test_compiled_training_step_is_one_graph_for_every_part_b_target_count(tokenizer, tokens):
+    module = RecSysLLM(NativeGLM(hidden_dropout=0.0, attention_dropout=0.0), compile=True)
+    module.tokenizer = tokenizer
+    module.configure_model()
+    rows = samples(tokens, 40)
+    batches = [collate_packed([rows[:20], rows[20:]], tokens.pad, length=512),
+               collate_packed([rows[:4], rows[4:8]], tokens.pad, length=512)]
+    assert batches[0]["target_positions"].shape != batches[1]["target_positions"].shape
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for batch in batches:
+        module.training_step(batch, 0)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1

@@ -59,10 +59,13 @@ def _first_fit_decreasing(window: list[int], lengths: Sequence[int], rows: int, 
     return [row for row in filled if row], placed
 
 
-def collate_packed(rows: Sequence[Sequence[dict[str, Any]]], pad_id: int, length: int | None = None
-                   ) -> dict[str, torch.Tensor]:
+def collate_packed(rows: Sequence[Sequence[dict[str, Any]]], pad_id: int, length: int | None = None,
+                   num_rows: int | None = None) -> dict[str, torch.Tensor]:
     """Batch rows of laid-out samples: samples of a row concatenated with segment ids 0, 1, ...; rows right-padded
-    (segment -1) to `length` (default: the longest row). One sample per row gives `collate_infill`'s batch."""
+    (segment -1) to `length` (default: the longest row), and the batch to `num_rows` rows with empty ones, so that
+    an epoch's last, shorter steps keep the training step's shape. One sample per row gives `collate_infill`'s
+    batch."""
+    rows = [*rows, *[[]] * ((num_rows or 0) - len(rows))]
     fields: dict[str, list[list[int]]] = {k: [] for k in ("input_ids", "labels", "inter", "intra", "segment", "part_a")}
     for row in rows:
         out: dict[str, list[int]] = {k: [] for k in fields}

@@ -142,7 +142,8 @@ def training_loader(tables: Sequence[datasets.Dataset], weights: Sequence[float]
         plan = partial(one_per_row, batch_size=batch_size)
     sampler = StepSampler(per_example, plan, seed, num_replicas=shard[0], rank=shard[1])
     return ResumableLoader(StepRows(tables), batch_size=None, sampler=sampler,
-                           collate_fn=partial(collate_packed, pad_id=pad_id, length=pack_length),
+                           collate_fn=partial(collate_packed, pad_id=pad_id, length=pack_length,
+                                              num_rows=batch_size if pack_length else None),
                            num_workers=num_workers, steps_done=steps_done)
 
 

@@ -58,10 +58,13 @@ def test_a_packed_batch_gives_the_loss_of_the_same_samples_unpacked(tokens, toke
     module.network = make_glm(len(tokenizer))
     packed = collate_packed([rows[:5], rows[5:9], rows[9:]], tokens.pad, length=128)
     plain = collate_infill(rows, tokens.pad)
+    empty_rows = collate_packed([rows[:5], rows[5:9], rows[9:]], tokens.pad, length=128, num_rows=5)
     assert int(packed["segment_ids"].max()) == 4 and packed["input_ids"].shape == (3, 128)
+    assert empty_rows["input_ids"].shape == (5, 128) and bool((empty_rows["segment_ids"][3:] == -1).all())
     assert padding_fraction(packed) > 0
-    losses = [F.cross_entropy(module(b), b["targets"], ignore_index=IGNORE) for b in (packed, plain)]
+    losses = [F.cross_entropy(module(b), b["targets"], ignore_index=IGNORE) for b in (packed, plain, empty_rows)]
     assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-5)
+    assert losses[2].item() == pytest.approx(losses[1].item(), rel=1e-5)
 
 
 def test_the_data_module_packs_training_rows(tiny_reviews):
@@ -70,7 +73,8 @@ def test_the_data_module_packs_training_rows(tiny_reviews):
     batches = list(dm.train_dataloader())
     examples = sum(len(ds) for ds in dm._train)
     assert sum(int((b["segment_ids"].amax(1) + 1).sum()) for b in batches) == examples  # every draw, once
-    assert all(b["input_ids"].shape[1] == 256 and b["input_ids"].shape[0] <= 4 for b in batches)
+    assert all(b["input_ids"].shape == (4, 256) for b in batches)  # one shape, the epoch's last steps too
+    assert any(bool((b["segment_ids"] == -1).all(1).any()) for b in batches)  # ... which have empty rows
     assert sum(padding_fraction(b) for b in batches[:-2]) / len(batches[:-2]) < 0.10
 
 
