@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Train on the bundled demo data, then test the best checkpoint and print the metrics table.
+# Train on the bundled demo data (afresh), then test the best checkpoint and print the metrics table.
 demo: install
+	rm -rf runs/demo  # a fresh demo run: fit keeps an earlier run's checkpoints and would stop
 	$(BIN)/recsys-lightning fit --config lightning_configs/demo.yaml
 	$(BIN)/recsys-lightning test --config lightning_configs/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
 

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from rich.console import Console
 from rich.table import Table
 from tokenizers import Tokenizer
@@ -54,7 +55,27 @@ class RecSysCLI(LightningCLI):
             if isinstance(saved, str) and saved.startswith("{"):
                 self.datamodule.use_tokenizer(wrap_tokenizer(Tokenizer.from_str(saved)))
 
-    before_fit = before_validate = before_test = before_predict = _before_evaluation
+    def before_fit(self) -> None:
+        self._keep_earlier_checkpoints()
+        self._before_evaluation()
+
+    def _keep_earlier_checkpoints(self) -> None:
+        """A fit that does not resume must not overwrite (or version around) the checkpoints of an earlier run.
+        A requeued SLURM job resumes without --ckpt_path, from the hpc checkpoint Lightning wrote in the root dir."""
+        requeued = SLURMEnvironment.detect() and any(Path(self.trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"))
+        if self.config_init[self.subcommand].get("ckpt_path") or requeued:
+            return
+        callback = self.trainer.checkpoint_callback
+        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
+        earlier = sorted(p.name for p in folder.iterdir() if p.suffix == ".ckpt") if folder and folder.is_dir() else []
+        if earlier:
+            resume = folder / ("last.ckpt" if "last.ckpt" in earlier else earlier[0])
+            raise ValueError(f"checkpoint.dirpath {folder} already holds {', '.join(earlier)} from an earlier fit: "
+                             f"resume it with --ckpt_path {resume}, give this run its own folder "
+                             "(--checkpoint.dirpath, or --trainer.default_root_dir with the logger's save_dir), "
+                             "or move the earlier checkpoints away")
+
+    before_validate = before_test = before_predict = _before_evaluation
 
 
 def list_tasks(argv: Sequence[str]) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -53,6 +55,34 @@ def test_fit_then_test_writes_checkpoints_and_results(tmp_path, tiny_reviews, ca
     assert len(lines[0]["items"]) == 10 and lines[0]["task"] == "sequential"
     scores = [i["score"] for i in lines[0]["items"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_a_fresh_fit_leaves_an_earlier_runs_checkpoints_alone(tmp_path, tiny_reviews):
+    earlier = tmp_path / "ckpt" / "best.ckpt"
+    earlier.parent.mkdir()
+    earlier.write_bytes(b"an earlier run")
+    with pytest.raises(ValueError, match=r"ckpt already holds best.ckpt from an earlier fit: resume it with "
+                                         r"--ckpt_path .*best.ckpt, give this run its own folder"):
+        run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY)
+    assert [p.name for p in earlier.parent.iterdir()] == ["best.ckpt"] and earlier.read_bytes() == b"an earlier run"
+    assert not (tmp_path / "cache").exists()  # refused before any data preparation
+
+
+def trained_steps(log: Path) -> list[int]:
+    return [int(r["step"]) for r in csv.DictReader((log / "metrics.csv").open()) if r.get("train/loss")]
+
+
+def test_a_requeued_slurm_fit_resumes_from_its_hpc_checkpoint_into_the_same_folder(tmp_path, tiny_reviews,
+                                                                                    monkeypatch):
+    first = trained_steps(run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY))
+    shutil.copy(tmp_path / "ckpt" / "last.ckpt", tmp_path / "hpc_ckpt_1.ckpt")  # what SIGUSR1 + requeue leave
+    with pytest.raises(ValueError, match="already holds best.ckpt, last.ckpt"):  # not under SLURM: no resume
+        run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY)
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "recsys", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                       "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost", "SLURM_JOB_ID": "7"}.items():
+        monkeypatch.setenv(key, value)
+    resumed = trained_steps(run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, "--trainer.max_epochs", "2"))
+    assert resumed and min(resumed) == max(first) + 1  # went on from the first job's last step, not from scratch
 
 
 FAMILY_METRICS = {
