@@ -32,6 +32,7 @@ def test_compile_gives_the_eager_training_loss_and_leaves_decoding_eager(tokeniz
     assert module._compiled_call_impl is not None
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # training_step outside a Trainer
 def test_compiled_training_step_is_one_graph_for_every_part_b_target_count(tokenizer, tokens):
     module = RecSysLLM(NativeGLM(hidden_dropout=0.0, attention_dropout=0.0), compile=True)
     module.tokenizer = tokenizer
