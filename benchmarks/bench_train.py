@@ -115,6 +115,8 @@ class PackedGLMStep(L.LightningModule):
                             logits_positions=batch["target_positions"]).logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.compile_forward:  # as RecSysLLM: one dynamic graph for every Part B target count
+            torch._dynamo.mark_dynamic(batch["target_positions"], 0)
         return F.cross_entropy(self(batch).float(), batch["targets"], ignore_index=IGNORE)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
