@@ -47,8 +47,9 @@ def next_item_request(index: ItemIndex, user: int, history: list[int], target: i
 
 
 def next_item_requests(data: RecData, index: ItemIndex, split: str, max_history: int, train_negatives: int,
-                       eval_negatives: int, seed: int) -> Iterator[Request]:
-    """Leave-one-out requests: every prefix window of the training part, or each user's validation/test item.
+                       eval_negatives: int, seed: int, every_window: bool = True) -> Iterator[Request]:
+    """Leave-one-out requests: every prefix window of the training part (or, without `every_window`, only the
+    longest: the whole training part), or each user's validation/test item.
 
     Training negatives come from the items seen in training (in raw-id order) and avoid only the items up to the
     target, so no held-out item shapes a training prompt; evaluation negatives are the protocol's: items the
@@ -66,7 +67,7 @@ def next_item_requests(data: RecData, index: ItemIndex, split: str, max_history:
                                     data.users[user])
             continue
         sequence = [*history, target]
-        for t in range(1, len(sequence)):
+        for t in range(1 if every_window else len(sequence) - 1, len(sequence)):
             negatives = sample_items(pool, set(sequence[: t + 1]), train_negatives, seed, data.users[user], t)
             yield next_item_request(index, user, sequence[:t], sequence[t], negatives, max_history, seed,
                                     data.users[user], t)

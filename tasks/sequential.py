@@ -22,14 +22,16 @@ from recsys_lightning.requests import next_item_requests
 
 @register_task("sequential")
 class Sequential(TaskFamily):
-    """Leave-one-out next-item prediction; training uses every prefix window of the training part."""
+    """Leave-one-out next-item prediction; training uses every prefix window of the training part, or only the
+    whole of it for templates that predict the history too (a `prefix: history` template learns every
+    position from one window, as a causal sequential model does)."""
 
     slots = frozenset({"user", "history", "item", "candidates", "probe", "answer"})
     entity_slots = frozenset({"user", "history", "item", "candidates", "probe"})
     meta_columns = ("user_id", "target_item", "seen_items")
 
     def __init__(self, weight: float = 1.0, max_history: int = 20, exclude_history: bool = True,
-                 num_candidates: int = 20, ks: tuple[int, ...] = (5, 10)) -> None:
+                 num_candidates: int = 20, ks: tuple[int, ...] = (5, 10), every_window: bool = True) -> None:
         """
         Args:
             weight: sampling weight in the training mix.
@@ -37,6 +39,7 @@ class Sequential(TaskFamily):
             exclude_history: never recommend an item the user already has.
             num_candidates: items listed by candidate templates (the next item among sampled ones).
             ks: cut-offs of HR@k and NDCG@k.
+            every_window: train on every prefix window of a user's training part; False: on the whole part only.
         """
         super().__init__(weight)
         if max_history < 1 or num_candidates < 2:
@@ -46,10 +49,12 @@ class Sequential(TaskFamily):
         self.exclude_history = exclude_history
         self.num_candidates = num_candidates
         self.ks = tuple(sorted(ks))
+        self.every_window = every_window
 
     def requests(self, data: RecData, split: str) -> Iterator[Request]:
         negatives = self.num_candidates - 1
-        return next_item_requests(data, self.ctx.index, split, self.max_history, negatives, negatives, self.ctx.seed)
+        return next_item_requests(data, self.ctx.index, split, self.max_history, negatives, negatives, self.ctx.seed,
+                                  self.every_window)
 
     def evaluates(self, template: Template) -> bool:
         return template.target == "item" and "candidates" not in template.slots

@@ -57,3 +57,23 @@ def test_described_values_keep_their_entities_and_an_unblanked_render_fills_the_
     assert full.text == "Note: item 7 is Soap, in Bath, Body." and full.target == ""
     assert [(full.text[s:e], f) for s, e, f in full.entities] == [
         ("7", "item"), ("Soap", "entity"), ("Bath", "categories"), ("Body", "categories")]
+
+
+def test_a_prefix_slot_opens_the_blank_and_sep_joins_list_values(tmp_path):
+    prompts = load_prompts(write(tmp_path, "templates:\n  - {id: c, text: 'Bought {history} then {item}.', "
+                                           "target: item, prefix: history, sep: ' '}\n"))
+    t = prompts.templates[0]
+    prompts.validate(frozenset({"history", "item"}), "fam")
+    r = t.render({"history": ["12", "7"], "item": "9"}, frozenset({"history", "item"}))
+    assert (r.text, r.opening, r.target) == ("Bought [MASK].", "12 7 then ", "9")
+    assert r.entities == ()
+    whole = t.render({"history": ["12", "7"], "item": "9"}, frozenset({"history", "item"}), blank=False)
+    assert (whole.text, whole.opening) == ("Bought 12 7 then 9.", "")
+
+
+def test_a_prefix_must_be_the_slot_just_before_the_target(tmp_path):
+    for text in ("'{history} {user} {item}'", "'{item} {history}'"):
+        body = f"templates:\n  - {{id: c, text: {text}, target: item, prefix: history}}\n"
+        prompts = load_prompts(write(tmp_path, body))
+        with pytest.raises(PromptError, match=r"template 'c' has prefix 'history', which must be the slot just"):
+            prompts.validate(frozenset({"history", "user", "item"}), "fam")

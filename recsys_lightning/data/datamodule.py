@@ -262,7 +262,8 @@ class RecDataModule(L.LightningDataModule):
     @staticmethod
     def _render(family: TaskFamily, request: Request, template: Any, i: int, blank: bool = True) -> dict[str, Any]:
         rendered = template.render(request.values, family.entity_slots, blank)
-        return {"text": rendered.text, "target": rendered.target, "template": rendered.template_id,
+        return {"text": rendered.text, "target": rendered.target, "opening": rendered.opening,
+                "template": rendered.template_id,
                 "entity_spans": [list(e[:2]) for e in rendered.entities], "request_id": i, **request.meta}
 
     def _encode(self, rows: list[dict[str, Any]], train: bool, masking: Masking | None = None) -> Dataset:

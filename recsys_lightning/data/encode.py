@@ -68,17 +68,21 @@ def encode_described(tokenizer: PreTrainedTokenizerBase, text: str,
 def encode_rows(batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase, tokens: GLMTokens,
                 max_length: int, train: bool) -> dict[str, list[Any]]:
     """`datasets.map` function: add Part A ids and mask index (eval) or the full layout (train), and each
-    entity's token range in Part A (`entity_tokens`; entities cut off by a long prompt are dropped)."""
+    entity's token range in Part A (`entity_tokens`; entities cut off by a long prompt are dropped).
+
+    A row's `opening` (a template's prefix slot, see `prompts.py`) opens the blank: in training it is predicted
+    with the target; in evaluation it is kept as `part_b_ids`, given to the decoder."""
     prompts, offsets = tokenize(tokenizer, batch["text"])
     targets, _ = tokenize(tokenizer, batch["target"])
+    openings, _ = tokenize(tokenizer, batch["opening"])
     out: dict[str, list[Any]] = {}
-    for i, (prompt, target, template) in enumerate(zip(prompts, targets, batch["template"])):
+    for i, (prompt, opening, target, template) in enumerate(zip(prompts, openings, targets, batch["template"])):
         where = f"template {template!r}"
-        ids, mask_index = part_a_ids(prompt, tokens, max_length - len(target) - 2, where)
+        ids, mask_index = part_a_ids(prompt, tokens, max_length - len(opening) - len(target) - 2, where)
         if train:
-            row = infill(ids, [Blank(mask_index, target)], tokens)
+            row = infill(ids, [Blank(mask_index, [*opening, *target])], tokens)
         else:
-            row = {"input_ids": ids, "mask_index": mask_index, "target_ids": target}
+            row = {"input_ids": ids, "mask_index": mask_index, "target_ids": target, "part_b_ids": opening}
         shift = mask_index - prompt.index(ids[mask_index])
         spans = entity_token_spans(offsets[i], batch["entity_spans"][i])
         row["entity_tokens"] = [[a + shift, b + shift] for a, b in spans if a + shift >= 1]

@@ -40,16 +40,18 @@ def trie_beam_search(
     beam_size: int,
     top_k: int,
     exclude: torch.Tensor | None = None,
+    part_b_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k items (B, k) and their log-likelihoods for each Part A prompt; -1 / -inf pad short lists.
 
-    `exclude` (B, num_items) bool removes items per request (the user's history, say).
+    `exclude` (B, num_items) bool removes items per request (the user's history, say); `part_b_ids` (B, P), -1
+    padded, opens each blank with given tokens that the item follows (see `PartA.encode`).
     """
     device = input_ids.device
     b = input_ids.shape[0]
-    part_a = PartA.encode(model, input_ids, lengths, mask_index)
+    part_a = PartA.encode(model, input_ids, lengths, mask_index, sop, part_b_ids)
     cache = None
-    tokens = torch.full((b, 1), sop, dtype=torch.long, device=device)
+    tokens = part_a.first
     rows = torch.zeros(b, 1, dtype=torch.long, device=device)  # each beam's node at the current depth
     scores = torch.zeros(b, 1, device=device)
     seen = torch.zeros(b, 1, 0, dtype=torch.bool, device=device)  # which earlier Part B keys each beam sees

@@ -22,27 +22,50 @@ Model = Callable[..., GLMOutput]
 
 @dataclass
 class PartA:
-    """The encoded Part A of a batch: its key/value cache, which keys are real tokens, each blank's mask index."""
+    """The encoded context of a batch's blanks: the key/value cache of Part A and of any given opening of Part B,
+    which of those keys are real tokens, each blank's mask index, the first Part B token to decode from
+    (`<|startofpiece|>`, or the opening's last token) and its intra-position less one (`offset`)."""
 
     cache: KVCache
     valid: torch.Tensor
     mask_index: torch.Tensor
+    first: torch.Tensor
+    offset: torch.Tensor
 
     @classmethod
-    def encode(cls, model: Model, input_ids: torch.Tensor, lengths: torch.Tensor, mask_index: torch.Tensor) -> PartA:
-        """Run the bidirectional Part A once, without its logits (nothing is predicted in Part A)."""
+    def encode(cls, model: Model, input_ids: torch.Tensor, lengths: torch.Tensor, mask_index: torch.Tensor,
+               sop: int, part_b_ids: torch.Tensor | None = None) -> PartA:
+        """Run the bidirectional Part A once, without its logits (nothing is predicted in Part A).
+
+        `part_b_ids` (B, P), -1 padded, opens each blank with given tokens (a history a template moved into
+        Part B): `<|startofpiece|>` and all but the last of them join the cache, causal, at intra-positions
+        1, 2, ...; decoding then starts from the last one, as if the model had generated them.
+        """
         b, n = input_ids.shape
-        idx = torch.arange(n, device=input_ids.device)
-        valid = idx[None, :] < lengths[:, None]
-        mask = valid[:, None, None, :] | torch.eye(n, dtype=torch.bool, device=input_ids.device)[None, None]
-        position_ids = torch.stack([idx.expand(b, n), torch.zeros_like(input_ids)], dim=1)
-        out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=True,
-                    logits_positions=torch.zeros_like(valid))
-        return cls(out.past_key_values, valid, mask_index)
+        device = input_ids.device
+        given = part_b_ids if part_b_ids is not None else torch.empty(b, 0, dtype=torch.long, device=device)
+        count = (given >= 0).sum(1)  # given tokens per row; the cache takes <|startofpiece|> and count - 1 of them
+        opening = torch.cat([torch.full((b, 1), sop, dtype=torch.long, device=device), given.clamp(min=0)], 1)
+        first = opening.gather(1, count[:, None])
+        opening = opening[:, : given.shape[1]]
+        p = opening.shape[1]
+        idx = torch.arange(n + p, device=device)
+        valid = torch.cat([idx[None, :n] < lengths[:, None], idx[None, :p] < count[:, None]], 1)
+        causal = torch.ones(n + p, n + p, dtype=torch.bool, device=device).tril()
+        sees_part_b = (idx[:, None] >= n) & (idx[None, :] >= n) & causal  # the opening is causal over itself
+        keys = valid[:, None, :] & ((idx[None, :] < n) | sees_part_b)[None]
+        mask = (keys | torch.eye(n + p, dtype=torch.bool, device=device))[:, None]
+        inter = torch.cat([idx[:n].expand(b, n), mask_index[:, None].expand(b, p)], 1)
+        intra = torch.cat([torch.zeros(b, n, dtype=torch.long, device=device),
+                           torch.arange(1, p + 1, device=device).expand(b, p)], 1)
+        out = model(input_ids=torch.cat([input_ids, opening], 1), position_ids=torch.stack([inter, intra], dim=1),
+                    attention_mask=mask, use_cache=True, logits_positions=torch.zeros_like(valid))
+        return cls(out.past_key_values, valid, mask_index, first, count)
 
     def decode(self, model: Model, cache: KVCache | None, tokens: torch.Tensor, intra: torch.Tensor,
                visible: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
-        """Logits (B, Q, V) of Part B query tokens (B, Q) at intra-positions `intra` ((Q,) or one) and the grown cache.
+        """Logits (B, Q, V) of Part B query tokens (B, Q) at intra-positions `intra` ((Q,) or one; counted from the
+        end of a given opening, see `encode`) and the grown cache.
 
         `cache` is this Part A's cache extended by earlier Part B blocks (None: Part A alone); `visible`
         (B, Q, P + Q) says which of those P earlier Part B keys and which of the Q new tokens each query sees.
@@ -50,7 +73,8 @@ class PartA:
         b, q = tokens.shape
         part_a = self.valid[:, None, :].expand(b, q, -1)
         mask = torch.cat([part_a, visible], dim=2)[:, None]
-        position_ids = torch.stack([self.mask_index[:, None].expand(b, q), intra.expand(b, q)], dim=1)
+        position_ids = torch.stack([self.mask_index[:, None].expand(b, q), intra.expand(b, q) + self.offset[:, None]],
+                                   dim=1)
         out = model(input_ids=tokens, position_ids=position_ids, attention_mask=mask,
                     past_key_values=self.cache if cache is None else cache, use_cache=True)
         return out.logits, out.past_key_values

@@ -15,7 +15,8 @@ from recsys_lightning.generation.trie import ItemTrie
 
 
 class Generator:
-    """Decodes batches of Part A prompts (`input_ids`, `lengths`, `mask_index`) with the model."""
+    """Decodes batches of Part A prompts (`input_ids`, `lengths`, `mask_index`, and `part_b_ids` where a template
+    opens its blank with given tokens) with the model."""
 
     def __init__(self, model: Model, tokens: GLMTokens, beam_size: int, score_chunk: int = 16) -> None:
         self.model = model
@@ -27,7 +28,7 @@ class Generator:
                    exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The top-k items of the Trie for each prompt, best first, with their log-likelihoods."""
         return trie_beam_search(self.model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie,
-                                self.tokens.sop, max(self.beam_size, top_k), top_k, exclude)
+                                self.tokens.sop, max(self.beam_size, top_k), top_k, exclude, batch.get("part_b_ids"))
 
     def score_candidates(self, batch: dict[str, Any], candidates: torch.Tensor) -> torch.Tensor:
         """log p(candidate, <|endofpiece|> | prompt) (B, N) of candidate token sequences (B, N, L), -1 padded.
@@ -36,9 +37,9 @@ class Generator:
         """
         return score_candidates(self.model, batch["input_ids"], batch["lengths"], batch["mask_index"],
                                 candidates.to(batch["input_ids"].device), self.tokens.sop, self.tokens.eop,
-                                self.score_chunk)
+                                self.score_chunk, batch.get("part_b_ids"))
 
     def generate(self, batch: dict[str, Any], max_new_tokens: int) -> list[list[int]]:
         """Greedy free text filling each prompt's blank, without <|endofpiece|>."""
         return greedy_infill(self.model, batch["input_ids"], batch["lengths"], batch["mask_index"], self.tokens.sop,
-                             self.tokens.eop, max_new_tokens)
+                             self.tokens.eop, max_new_tokens, batch.get("part_b_ids"))

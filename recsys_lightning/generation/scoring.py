@@ -45,8 +45,10 @@ def score_candidates(
     sop: int,
     eop: int,
     chunk: int = 16,
+    part_b_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """log p(candidate span, <|endofpiece|> | Part A) for candidates (B, N, L) (-1 padded) -> (B, N) float32.
+    """log p(candidate span, <|endofpiece|> | Part A) for candidates (B, N, L) (-1 padded) -> (B, N) float32;
+    with `part_b_ids` (see `PartA.encode`), the candidate follows that given opening of the blank.
 
     `<|startofpiece|>` is the same for every candidate, so it is run once per request and its key shared;
     then `chunk` candidates' span tokens (intra-positions 2, 3, ...) share one model call.
@@ -55,11 +57,10 @@ def score_candidates(
     if (candidates[..., 0] < 0).any():
         raise ValueError("every candidate needs at least one token (found an all-padding row)")
     device = candidates.device
-    part_a = PartA.encode(model, input_ids, lengths, mask_index)
-    sop_ids = torch.full((b, 1), sop, dtype=torch.long, device=device)
-    sop_logits, cache = part_a.decode(model, None, sop_ids, torch.tensor(1, device=device),
+    part_a = PartA.encode(model, input_ids, lengths, mask_index, sop, part_b_ids)
+    first_logits, cache = part_a.decode(model, None, part_a.first, torch.tensor(1, device=device),
                                       torch.ones(b, 1, 1, dtype=torch.bool, device=device))
-    first = log_probs_of(sop_logits, candidates[:, None, :, 0])[:, 0]  # (B, N): log p(t1 | Part A, sop)
+    first = log_probs_of(first_logits, candidates[:, None, :, 0])[:, 0]  # (B, N): log p(t1 | Part A, opening)
     # Token j of a span predicts token j + 1, the last real one predicts <|endofpiece|>, padding predicts nothing.
     length = (candidates >= 0).sum(-1, keepdim=True)
     shifted = torch.cat([candidates[..., 1:], candidates.new_full((b, n, 1), -1)], 2)

@@ -9,13 +9,14 @@ from recsys_lightning.generation.blank import Model, PartA
 
 @torch.no_grad()
 def greedy_infill(model: Model, input_ids: torch.Tensor, lengths: torch.Tensor, mask_index: torch.Tensor,
-                  sop: int, eop: int, max_new_tokens: int) -> list[list[int]]:
-    """The most likely token at each step until <|endofpiece|> (not included) or `max_new_tokens`."""
+                  sop: int, eop: int, max_new_tokens: int, part_b_ids: torch.Tensor | None = None) -> list[list[int]]:
+    """The most likely token at each step until <|endofpiece|> (not included) or `max_new_tokens`, after any
+    given opening of the blank (`part_b_ids`, see `PartA.encode`)."""
     device = input_ids.device
     b = input_ids.shape[0]
-    part_a = PartA.encode(model, input_ids, lengths, mask_index)
+    part_a = PartA.encode(model, input_ids, lengths, mask_index, sop, part_b_ids)
     cache = None
-    tokens = torch.full((b, 1), sop, dtype=torch.long, device=device)
+    tokens = part_a.first
     out = torch.full((b, max_new_tokens), eop, dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):

@@ -5,13 +5,15 @@ import torch
 from recsys_lightning.model.layout import Blank, blank_infilling_mask, collate_infill, infill
 
 
-def brute_force_scores(model, part_a, mask_index, items, tokens):
-    """log p(item, <|endofpiece|> | Part A) of every item, each from its own full blank-infilling forward."""
-    rows = [infill(part_a, [Blank(mask_index, seq)], tokens) for seq in items]
+def brute_force_scores(model, part_a, mask_index, items, tokens, opening=()):
+    """log p(item, <|endofpiece|> | Part A, opening) of every item, each from its own full blank-infilling forward
+    of the blank `opening + item` (the opening's own labels are left out)."""
+    rows = [infill(part_a, [Blank(mask_index, [*opening, *seq])], tokens) for seq in items]
     batch = collate_infill(rows, tokens.pad)
     mask = blank_infilling_mask(batch["segment_ids"], batch["part_a"])
     logp = model(batch["input_ids"], batch["position_ids"], mask).logits.log_softmax(-1)
-    labels = batch["labels"]
+    labels = batch["labels"].clone()
+    labels[:, len(part_a): len(part_a) + len(opening)] = -100
     picked = logp.gather(2, labels.clamp(min=0)[..., None])[..., 0]
     return (picked * (labels >= 0)).sum(1)
 
@@ -27,6 +29,9 @@ def random_catalog(n_items, seed=0, low=20, high=26, max_len=3):
             seen.add(seq)
             items.append(list(seq))
     return items
+
+
+OPENINGS = [[40, 41, 42], []]  # a blank opened by given tokens, and one that is not
 
 
 def prompts(tokens):

@@ -4,11 +4,13 @@ from recsys_lightning.generation.beam import trie_beam_search
 from recsys_lightning.generation.trie import ItemTrie
 from recsys_lightning.model.layout import collate_part_a
 from tests.conftest import make_glm
-from tests.generation.reference import brute_force_scores, prompts, random_catalog
+from tests.generation.reference import OPENINGS, brute_force_scores, prompts, random_catalog
 
 
-def part_a_batch(tokens):
+def part_a_batch(tokens, openings=None):
     rows = [{"input_ids": p, "mask_index": p.index(min(tokens.masks))} for p in prompts(tokens)]
+    for row, opening in zip(rows, openings or []):
+        row["part_b_ids"] = opening
     return rows, collate_part_a(rows, tokens.pad)
 
 
@@ -24,6 +26,24 @@ def test_beam_as_wide_as_catalog_equals_brute_force(tokenizer, tokens):
         top = ref.topk(10)
         assert ranked[b].tolist() == top.indices.tolist()
         assert torch.allclose(scores[b], top.values, atol=1e-4)
+
+
+def test_beam_after_a_given_opening_equals_brute_force_of_the_opened_blank(tokenizer, tokens):
+    model = make_glm(len(tokenizer), seed=3)
+    items = random_catalog(40, seed=3)
+    trie = ItemTrie(items, tokens.eop)
+    rows, batch = part_a_batch(tokens, OPENINGS)
+    assert batch["part_b_ids"].tolist() == [[40, 41, 42], [-1, -1, -1]]
+    ranked, scores = trie_beam_search(model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie,
+                                      tokens.sop, len(items), 10, part_b_ids=batch["part_b_ids"])
+    for b, (row, opening) in enumerate(zip(rows, OPENINGS)):
+        ref = brute_force_scores(model, row["input_ids"], row["mask_index"], items, tokens, opening)
+        top = ref.topk(10)
+        assert ranked[b].tolist() == top.indices.tolist()
+        assert torch.allclose(scores[b], top.values, atol=1e-4)
+    plain, _ = trie_beam_search(model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie, tokens.sop,
+                                len(items), 10)
+    assert plain[1].tolist() == ranked[1].tolist() and plain[0].tolist() != ranked[0].tolist()
 
 
 def test_narrow_beam_returns_true_scores_of_real_items(tokenizer, tokens):

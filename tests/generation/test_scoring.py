@@ -6,7 +6,7 @@ from recsys_lightning.generation.generator import Generator
 from recsys_lightning.generation.scoring import pad_candidates, score_candidates
 from recsys_lightning.model.layout import collate_part_a
 from tests.conftest import make_glm
-from tests.generation.reference import brute_force_scores, prompts, random_catalog
+from tests.generation.reference import OPENINGS, brute_force_scores, prompts, random_catalog
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 100])
@@ -20,6 +20,20 @@ def test_candidate_scores_equal_brute_force_forwards(tokenizer, tokens, chunk):
     assert scores.shape == (2, 20)
     for b, row in enumerate(rows):
         ref = brute_force_scores(model, row["input_ids"], row["mask_index"], per_request[b], tokens)
+        assert torch.allclose(scores[b], ref, atol=1e-4)
+
+
+def test_candidate_scores_after_a_given_opening_equal_brute_force_forwards(tokenizer, tokens):
+    model = make_glm(len(tokenizer), seed=2)
+    rows = [{"input_ids": p, "mask_index": p.index(min(tokens.masks)), "part_b_ids": o}
+            for p, o in zip(prompts(tokens), OPENINGS)]
+    batch = collate_part_a(rows, tokens.pad)
+    per_request = [random_catalog(20, seed=s, max_len=4) for s in (3, 4)]
+    scores = score_candidates(model, batch["input_ids"], batch["lengths"], batch["mask_index"],
+                              pad_candidates(per_request), tokens.sop, tokens.eop, chunk=7,
+                              part_b_ids=batch["part_b_ids"])
+    for b, (row, opening) in enumerate(zip(rows, OPENINGS)):
+        ref = brute_force_scores(model, row["input_ids"], row["mask_index"], per_request[b], tokens, opening)
         assert torch.allclose(scores[b], ref, atol=1e-4)
 
 

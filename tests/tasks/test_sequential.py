@@ -1,0 +1,29 @@
+"""The sequential family with the history in the blank (prompts/variants/sequential_id_only_causal.yaml)."""
+
+from __future__ import annotations
+
+from recsys_lightning.data.datamodule import RecDataModule, TaskSpec
+from recsys_lightning.data.splits import leave_one_out
+from recsys_lightning.model.layout import IGNORE
+
+
+def test_one_causal_row_per_user_predicts_every_training_item_and_decoding_is_given_the_history(tiny_reviews):
+    spec = TaskSpec("sequential", options={"max_history": 50, "every_window": False},
+                    prompts="variants/sequential_id_only_causal.yaml")
+    dm = RecDataModule(tasks=[spec], root=str(tiny_reviews), item_index="atomic", vocab_size=400, max_length=128,
+                       cache_dir=None)
+    dm.setup("fit")
+    dm.setup("test")
+    data, tokens, item_token = dm.data, dm.tokens, dm.families[0].ctx.item_trie.item_tokens[:, 0]
+    train, test = dm._train[0], dm._eval["test"][0]
+    users = [u for u in range(data.num_users) if leave_one_out(data.sequence(u), "train") is not None]
+    assert len(train) == len(users) and len(test) == data.num_users
+    for row, user in zip(train, users):
+        history, target = leave_one_out(data.sequence(user), "train")
+        items = [*history.tolist(), target][-51:]
+        assert row["input_ids"][: row["part_a_length"]] == [tokens.cls, min(tokens.masks), tokens.eos]
+        labels = [t for t in row["labels"] if t != IGNORE]
+        assert labels == [*item_token[items].tolist(), tokens.eop]  # every item, one atomic token each
+    for row in test:  # the test item follows the whole history (training and validation items) in Part B
+        assert row["input_ids"] == [tokens.cls, min(tokens.masks), tokens.eos]
+        assert row["part_b_ids"] == item_token[data.sequence(row["user_id"])[:-1][-50:]].tolist()
