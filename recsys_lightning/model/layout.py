@@ -121,7 +121,7 @@ def blank_infilling_block_mask(segment_ids: torch.Tensor, part_a: torch.Tensor) 
 
 def collate_part_a(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     """Batch Part A prompts for decoding: right-padded ids, their lengths and each prompt's mask position, and
-    the tokens that open each blank (`part_b_ids`, -1 padded; no columns when no row has any)."""
+    the tokens that open each blank (`part_b_ids`, -1 padded; zero columns when no row has any)."""
     openings = [r.get("part_b_ids") or [] for r in rows]
     return {
         "input_ids": pad_stack([r["input_ids"] for r in rows], pad_id),
