@@ -2,7 +2,7 @@
 
 import torch
 
-from recsys_lightning.model.layout import Blank, blank_infilling_mask, collate_infill, infill
+from recsys_lightning.model.layout import IGNORE, Blank, blank_infilling_mask, collate_infill, infill
 
 
 def brute_force_scores(model, part_a, mask_index, items, tokens, opening=()):
@@ -13,7 +13,7 @@ def brute_force_scores(model, part_a, mask_index, items, tokens, opening=()):
     mask = blank_infilling_mask(batch["segment_ids"], batch["part_a"])
     logp = model(batch["input_ids"], batch["position_ids"], mask).logits.log_softmax(-1)
     labels = batch["labels"].clone()
-    labels[:, len(part_a): len(part_a) + len(opening)] = -100
+    labels[:, len(part_a): len(part_a) + len(opening)] = IGNORE
     picked = logp.gather(2, labels.clamp(min=0)[..., None])[..., 0]
     return (picked * (labels >= 0)).sum(1)
 
