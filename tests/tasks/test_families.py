@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from recsys_lightning.data.datamodule import RecDataModule, TaskSpec
+from recsys_lightning.registry import builtin_dir
 from recsys_lightning.requests import NO, YES
 
 FAMILIES = ["sequential", "direct", "rating", "explanation", "review"]
@@ -91,7 +92,6 @@ def test_evaluated_templates_and_streams(dm):
 
 def test_a_task_spec_can_replace_a_familys_templates(tiny_reviews, tmp_path):
     from recsys_lightning.prompts import PromptError
-    from recsys_lightning.registry import builtin_dir
 
     variant = builtin_dir("prompts") / "variants" / "sequential_id_only.yaml"
     module = RecDataModule(tasks=[TaskSpec("sequential", prompts=str(variant))], root=str(tiny_reviews), cache_dir=None)
@@ -123,3 +123,16 @@ def test_unconstrained_ratings_are_parsed_in_range_or_counted_as_misses(dm):
     constrained = RatingDecoder(family(dm, "rating").ctx, constrained=True).decode(generator, batch)
     assert all(isinstance(d, float) for d in constrained)
     assert torch.is_tensor(batch["rating_value"])
+
+
+@pytest.mark.parametrize("variant", sorted((builtin_dir("prompts") / "variants").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_prompt_variant_renders_for_the_family_it_is_named_after(variant, tiny_reviews):
+    name = variant.stem.split("_")[0]
+    module = RecDataModule(tasks=[TaskSpec(name, prompts=str(variant))], root=str(tiny_reviews), cache_dir=None)
+    module.load()
+    fam = module.families[0]
+    for split in ("train", "test"):
+        request = next(iter(fam.requests(module.data, split)))
+        for template in fam.prompts.templates:
+            rendered = template.render(request.values, fam.entity_slots)
+            assert rendered.text.count(template.mask) == 1 and rendered.target, (template.id, split)
