@@ -40,6 +40,7 @@ class RecSysLLM(L.LightningModule):
         warmup_steps: int = 0,
         schedule: Literal["cosine", "constant"] = "cosine",
         beam_size: int = 20,
+        score_end: bool = True,
         compile: bool = False,
     ) -> None:
         """
@@ -51,6 +52,9 @@ class RecSysLLM(L.LightningModule):
             warmup_steps: linear warm-up steps before the schedule.
             schedule: learning-rate shape after warm-up.
             beam_size: beams of the Trie-constrained search in evaluation and prediction.
+            score_end: rank items by their tokens and the end token <|endofpiece|> after them. False leaves the
+                end token out, for blanks opened by an item history (the causal form), where it was trained only
+                at a row's end; it needs item token sequences none of which begins another (atomic item ids).
             compile: torch.compile the training forward (network, mask and Part B logits as one graph) for
                 fused GPU kernels; evaluation and prediction decode with the eager network.
         """
@@ -69,6 +73,12 @@ class RecSysLLM(L.LightningModule):
         self.tokenizer = datamodule.tokenizer
         self.tokens = GLMTokens.of(self.tokenizer)
         self.streams = datamodule.eval_streams
+        if not self.hparams.score_end:
+            for family in {id(s.family): s.family for s in self.streams}.values():
+                trie = family.ctx.item_trie
+                if trie is not None and not trie.prefix_free:
+                    raise ValueError(f"model.score_end: false needs item token sequences none of which begins "
+                                     f"another (data.item_index: atomic); family {family.name!r}'s items do not")
         prefix = STAGE_PREFIX[stage]
         if prefix != "predict":
             for i, stream in enumerate(self.streams):
@@ -119,7 +129,7 @@ class RecSysLLM(L.LightningModule):
     # --- evaluation ----------------------------------------------------------------------------
     @property
     def generator(self) -> Generator:
-        return Generator(self.network, self.tokens, self.hparams.beam_size)
+        return Generator(self.network, self.tokens, self.hparams.beam_size, score_end=self.hparams.score_end)
 
     def _evaluate(self, prefix: str, batch: dict[str, Any], dataloader_idx: int) -> None:
         stream = self.streams[dataloader_idx]

@@ -72,7 +72,7 @@ class Direct(TaskFamily):
             return (yes_no[:, 0] - yes_no[:, 1])[:, None], batch["probe_item"][:, None]
         device = batch["input_ids"].device
         items = torch.tensor(batch["candidate_items"], device=device)
-        return generator.score_candidates(batch, self.ctx.item_trie.to(device).item_tokens[items]), items
+        return generator.score_items(batch, self.ctx.item_trie.to(device).item_tokens[items]), items
 
     def evaluate(self, generator: Generator, batch: dict[str, Any], metrics: dict[str, Metric]) -> None:
         scores, items = self._scores(generator, batch)

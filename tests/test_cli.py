@@ -201,6 +201,12 @@ def test_every_shipped_config_parses(path, capsys):
     assert done.value.code == 0
 
 
+def test_unscored_end_token_needs_prefix_free_item_ids_and_fails_before_training(tmp_path, tiny_reviews):
+    with pytest.raises(ValueError, match=r"model.score_end: false needs .* family 'sequential'"):
+        run("fit", tmp_path, tiny_reviews, "--model.score_end", "false")  # demo ids are digits: 1 begins 12
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 def test_bad_family_option_fails_before_training(tmp_path, tiny_reviews):
     with pytest.raises(ValueError, match=r"data.tasks\[0\] \(sequential\): bad options"):
         run("fit", tmp_path, tiny_reviews, "--data.tasks", '[{"name": "sequential", "options": {"colour": 1}}]',

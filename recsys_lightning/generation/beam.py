@@ -41,11 +41,13 @@ def trie_beam_search(
     top_k: int,
     exclude: torch.Tensor | None = None,
     part_b_ids: torch.Tensor | None = None,
+    score_end: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k items (B, k) and their log-likelihoods for each Part A prompt; -1 / -inf pad short lists.
 
     `exclude` (B, num_items) bool removes items per request (the user's history, say); `part_b_ids` (B, P), -1
-    padded, opens each blank with given tokens that the item follows (see `PartA.encode`).
+    padded, opens each blank with given tokens that the item follows (see `PartA.encode`). Without `score_end`
+    an item's likelihood leaves out its end token (a prefix-free Trie's items end where their tokens do).
     """
     device = input_ids.device
     b = input_ids.shape[0]
@@ -66,7 +68,8 @@ def trie_beam_search(
         logits, cache = part_a.decode(model, cache, tokens, intra[depth], torch.cat([seen, eye], 2))
         child_tok, child_row, item = trie.children(depth, rows)  # (B, W, C)
         fanout = child_tok.shape[2]
-        cand = scores[..., None] + log_probs_of(logits, child_tok.clamp(min=0))
+        log_probs = log_probs_of(logits, child_tok.clamp(min=0))
+        cand = scores[..., None] + (log_probs if score_end else log_probs.masked_fill(item >= 0, 0.0))
         cand = cand.masked_fill(child_tok < 0, NEG)
         if exclude is not None:
             banned = exclude[batch, item.clamp(min=0).view(b, -1)].view_as(item)

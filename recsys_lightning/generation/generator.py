@@ -18,26 +18,36 @@ class Generator:
     """Decodes batches of Part A prompts (`input_ids`, `lengths`, `mask_index`, and `part_b_ids` where a template
     opens its blank with given tokens) with the model."""
 
-    def __init__(self, model: Model, tokens: GLMTokens, beam_size: int, score_chunk: int = 16) -> None:
+    def __init__(self, model: Model, tokens: GLMTokens, beam_size: int, score_chunk: int = 16,
+                 score_end: bool = True) -> None:
         self.model = model
         self.tokens = tokens
         self.beam_size = beam_size
         self.score_chunk = score_chunk
+        self.score_end = score_end
 
     def rank_items(self, batch: dict[str, Any], trie: ItemTrie, top_k: int,
                    exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The top-k items of the Trie for each prompt, best first, with their log-likelihoods."""
         return trie_beam_search(self.model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie,
-                                self.tokens.sop, max(self.beam_size, top_k), top_k, exclude, batch.get("part_b_ids"))
+                                self.tokens.sop, max(self.beam_size, top_k), top_k, exclude, batch.get("part_b_ids"),
+                                self.score_end)
 
-    def score_candidates(self, batch: dict[str, Any], candidates: torch.Tensor) -> torch.Tensor:
-        """log p(candidate, <|endofpiece|> | prompt) (B, N) of candidate token sequences (B, N, L), -1 padded.
-
-        `ItemTrie.item_tokens[item_ids]` turns candidate item ids (B, N) into such sequences.
+    def score_candidates(self, batch: dict[str, Any], candidates: torch.Tensor, score_end: bool = True
+                         ) -> torch.Tensor:
+        """log p(candidate, <|endofpiece|> | prompt) (B, N) of candidate token sequences (B, N, L), -1 padded
+        (without the end token if not `score_end`).
         """
         return score_candidates(self.model, batch["input_ids"], batch["lengths"], batch["mask_index"],
                                 candidates.to(batch["input_ids"].device), self.tokens.sop, self.tokens.eop,
-                                self.score_chunk, batch.get("part_b_ids"))
+                                self.score_chunk, batch.get("part_b_ids"), score_end)
+
+    def score_items(self, batch: dict[str, Any], candidates: torch.Tensor) -> torch.Tensor:
+        """`score_candidates` of candidate items, ranked as `rank_items` ranks them (end token per `score_end`).
+
+        `ItemTrie.item_tokens[item_ids]` turns candidate item ids (B, N) into such sequences.
+        """
+        return self.score_candidates(batch, candidates, self.score_end)
 
     def generate(self, batch: dict[str, Any], max_new_tokens: int) -> list[list[int]]:
         """Greedy free text filling each prompt's blank, without <|endofpiece|>."""

@@ -46,9 +46,11 @@ def score_candidates(
     eop: int,
     chunk: int = 16,
     part_b_ids: torch.Tensor | None = None,
+    score_end: bool = True,
 ) -> torch.Tensor:
     """log p(candidate span, <|endofpiece|> | Part A) for candidates (B, N, L) (-1 padded) -> (B, N) float32;
-    with `part_b_ids` (see `PartA.encode`), the candidate follows that given opening of the blank.
+    with `part_b_ids` (see `PartA.encode`), the candidate follows that given opening of the blank; without
+    `score_end`, log p(candidate span | ...) alone.
 
     `<|startofpiece|>` is the same for every candidate, so it is run once per request and its key shared;
     then `chunk` candidates' span tokens (intra-positions 2, 3, ...) share one model call.
@@ -64,7 +66,7 @@ def score_candidates(
     # Token j of a span predicts token j + 1, the last real one predicts <|endofpiece|>, padding predicts nothing.
     length = (candidates >= 0).sum(-1, keepdim=True)
     shifted = torch.cat([candidates[..., 1:], candidates.new_full((b, n, 1), -1)], 2)
-    targets = torch.where(torch.arange(1, span + 1, device=device) == length, eop, shifted)
+    targets = torch.where(torch.arange(1, span + 1, device=device) == length, eop if score_end else -1, shifted)
     intra = torch.arange(2, span + 2, device=device)
     scores = []
     for start in range(0, n, chunk):

@@ -30,6 +30,7 @@ class ItemTrie:
     depth d lists its children, padded with -1: `tokens[d][n, c]` is the token, `nodes[d][n, c]` the child's
     row at depth d + 1 (-1 when the token ends an item), and `items[d][n, c]` the item it ends (else -1).
     `item_tokens` (num_items, depth - 1) holds each item's sequence without the end token, -1 padded.
+    `prefix_free` says no item's sequence begins another's, so an item ends where its tokens do, end token or not.
     """
 
     def __init__(self, sequences: Sequence[Sequence[int]], end_token: int) -> None:
@@ -45,7 +46,10 @@ class ItemTrie:
         self.num_items = len(sequences)
         self.depth = max(len(s) for s in sequences) + 1
         self.tokens, self.nodes, self.items = [], [], []
-        for level in self._levels(sequences, end_token):
+        levels = self._levels(sequences, end_token)
+        self.prefix_free = not any(len(node) > 1 and any(item >= 0 for _, _, item in node)
+                                   for level in levels for node in level)
+        for level in levels:
             tables = _padded(level, 3)
             self.tokens.append(tables[0])
             self.nodes.append(tables[1])

@@ -5,15 +5,17 @@ import torch
 from recsys_lightning.model.layout import IGNORE, Blank, blank_infilling_mask, collate_infill, infill
 
 
-def brute_force_scores(model, part_a, mask_index, items, tokens, opening=()):
+def brute_force_scores(model, part_a, mask_index, items, tokens, opening=(), score_end=True):
     """log p(item, <|endofpiece|> | Part A, opening) of every item, each from its own full blank-infilling forward
-    of the blank `opening + item` (the opening's own labels are left out)."""
+    of the blank `opening + item` (the opening's own labels are left out, and <|endofpiece|> if not `score_end`)."""
     rows = [infill(part_a, [Blank(mask_index, [*opening, *seq])], tokens) for seq in items]
     batch = collate_infill(rows, tokens.pad)
     mask = blank_infilling_mask(batch["segment_ids"], batch["part_a"])
     logp = model(batch["input_ids"], batch["position_ids"], mask).logits.log_softmax(-1)
     labels = batch["labels"].clone()
     labels[:, len(part_a): len(part_a) + len(opening)] = IGNORE
+    if not score_end:
+        labels[labels == tokens.eop] = IGNORE
     picked = logp.gather(2, labels.clamp(min=0)[..., None])[..., 0]
     return (picked * (labels >= 0)).sum(1)
 
@@ -29,6 +31,11 @@ def random_catalog(n_items, seed=0, low=20, high=26, max_len=3):
             seen.add(seq)
             items.append(list(seq))
     return items
+
+
+def prefix_free_catalog(n_items):
+    """Two-token items with shared first tokens, none beginning another (as atomic or fixed-length ids)."""
+    return [[a, b] for a in range(20, 26) for b in range(20, 26)][:n_items]
 
 
 OPENINGS = [[40, 41, 42], []]  # a blank opened by given tokens, and one that is not

@@ -4,7 +4,7 @@ from recsys_lightning.generation.beam import trie_beam_search
 from recsys_lightning.generation.trie import ItemTrie
 from recsys_lightning.model.layout import collate_part_a
 from tests.conftest import make_glm
-from tests.generation.reference import OPENINGS, brute_force_scores, prompts, random_catalog
+from tests.generation.reference import OPENINGS, brute_force_scores, prefix_free_catalog, prompts, random_catalog
 
 
 def part_a_batch(tokens, openings=None):
@@ -44,6 +44,22 @@ def test_beam_after_a_given_opening_equals_brute_force_of_the_opened_blank(token
     plain, _ = trie_beam_search(model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie, tokens.sop,
                                 len(items), 10)
     assert plain[1].tolist() == ranked[1].tolist() and plain[0].tolist() != ranked[0].tolist()
+
+
+def test_beam_without_the_end_token_ranks_items_by_their_own_tokens(tokenizer, tokens):
+    model = make_glm(len(tokenizer), seed=4)
+    items = prefix_free_catalog(30)
+    trie = ItemTrie(items, tokens.eop)
+    rows, batch = part_a_batch(tokens, OPENINGS)
+    ranked, scores = trie_beam_search(model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie,
+                                      tokens.sop, len(items), 10, part_b_ids=batch["part_b_ids"], score_end=False)
+    for b, (row, opening) in enumerate(zip(rows, OPENINGS)):
+        ref = brute_force_scores(model, row["input_ids"], row["mask_index"], items, tokens, opening, score_end=False)
+        top = ref.topk(10)
+        assert ranked[b].tolist() == top.indices.tolist()
+        assert torch.allclose(scores[b], top.values, atol=1e-4)
+        with_end = brute_force_scores(model, row["input_ids"], row["mask_index"], items, tokens, opening)
+        assert with_end.topk(10).indices.tolist() != top.indices.tolist()
 
 
 def test_narrow_beam_returns_true_scores_of_real_items(tokenizer, tokens):

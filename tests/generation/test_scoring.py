@@ -37,6 +37,22 @@ def test_candidate_scores_after_a_given_opening_equal_brute_force_forwards(token
         assert torch.allclose(scores[b], ref, atol=1e-4)
 
 
+def test_without_the_end_token_items_score_their_own_tokens_and_answers_stay_exact(tokenizer, tokens):
+    model = make_glm(len(tokenizer), seed=5)
+    rows = [{"input_ids": p, "mask_index": p.index(min(tokens.masks)), "part_b_ids": o}
+            for p, o in zip(prompts(tokens), OPENINGS)]
+    batch = collate_part_a(rows, tokens.pad)
+    per_request = [random_catalog(12, seed=s, max_len=3) for s in (5, 6)]
+    generator = Generator(model, tokens, beam_size=4, score_chunk=5, score_end=False)
+    items = generator.score_items(batch, pad_candidates(per_request))
+    exact = generator.score_candidates(batch, pad_candidates(per_request))  # answers and entity perplexity
+    for b, (row, opening) in enumerate(zip(rows, OPENINGS)):
+        args = (model, row["input_ids"], row["mask_index"], per_request[b], tokens, opening)
+        assert torch.allclose(items[b], brute_force_scores(*args, score_end=False), atol=1e-4)
+        assert torch.allclose(exact[b], brute_force_scores(*args), atol=1e-4)
+    assert not torch.allclose(items, exact, atol=1e-2)
+
+
 def test_answer_sets_score_every_answer_as_a_blank_filling(tokenizer, tokens):
     model = make_glm(len(tokenizer), seed=3)
     rows = [{"input_ids": p, "mask_index": p.index(min(tokens.masks))} for p in prompts(tokens)]

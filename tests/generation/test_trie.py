@@ -34,6 +34,11 @@ def test_every_item_path_ends_at_its_item_and_nothing_else_is_allowed():
     assert trie.item_tokens.tolist() == [[1, 2, -1], [1, 3, -1], [1, 2, 4], [5, -1, -1]]
 
 
+def test_prefix_free_says_whether_an_item_begins_another():
+    assert ItemTrie([[1, 2], [1, 3], [5]], EOP).prefix_free
+    assert not ItemTrie([[1, 2], [1, 2, 4], [5]], EOP).prefix_free
+
+
 def test_tables_are_padded_per_depth_not_to_the_widest_node():
     seqs = [[t] for t in range(50)] + [[0, 1, 2]]
     trie = ItemTrie(seqs, EOP)
