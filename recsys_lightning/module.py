@@ -75,8 +75,7 @@ class RecSysLLM(L.LightningModule):
         self.streams = datamodule.eval_streams
         if not self.hparams.score_end:
             for family in {id(s.family): s.family for s in self.streams}.values():
-                trie = family.ctx.item_trie
-                if trie is not None and not trie.prefix_free:
+                if not family.ctx.item_trie.prefix_free:
                     raise ValueError(f"model.score_end: false needs item token sequences none of which begins "
                                      f"another (data.item_index: atomic); family {family.name!r}'s items do not")
         prefix = STAGE_PREFIX[stage]

@@ -23,11 +23,16 @@ def test_candidate_scores_equal_brute_force_forwards(tokenizer, tokens, chunk):
         assert torch.allclose(scores[b], ref, atol=1e-4)
 
 
-def test_candidate_scores_after_a_given_opening_equal_brute_force_forwards(tokenizer, tokens):
-    model = make_glm(len(tokenizer), seed=2)
+def opened_prompts(tokens):
+    """The two prompts with their blanks opened by OPENINGS, as rows and a collated batch."""
     rows = [{"input_ids": p, "mask_index": p.index(min(tokens.masks)), "part_b_ids": o}
             for p, o in zip(prompts(tokens), OPENINGS)]
-    batch = collate_part_a(rows, tokens.pad)
+    return rows, collate_part_a(rows, tokens.pad)
+
+
+def test_candidate_scores_after_a_given_opening_equal_brute_force_forwards(tokenizer, tokens):
+    model = make_glm(len(tokenizer), seed=2)
+    rows, batch = opened_prompts(tokens)
     per_request = [random_catalog(20, seed=s, max_len=4) for s in (3, 4)]
     scores = score_candidates(model, batch["input_ids"], batch["lengths"], batch["mask_index"],
                               pad_candidates(per_request), tokens.sop, tokens.eop, chunk=7,
@@ -39,9 +44,7 @@ def test_candidate_scores_after_a_given_opening_equal_brute_force_forwards(token
 
 def test_without_the_end_token_items_score_their_own_tokens_and_answers_stay_exact(tokenizer, tokens):
     model = make_glm(len(tokenizer), seed=5)
-    rows = [{"input_ids": p, "mask_index": p.index(min(tokens.masks)), "part_b_ids": o}
-            for p, o in zip(prompts(tokens), OPENINGS)]
-    batch = collate_part_a(rows, tokens.pad)
+    rows, batch = opened_prompts(tokens)
     per_request = [random_catalog(12, seed=s, max_len=3) for s in (5, 6)]
     generator = Generator(model, tokens, beam_size=4, score_chunk=5, score_end=False)
     items = generator.score_items(batch, pad_candidates(per_request))
