@@ -18,7 +18,7 @@ from recsys_lightning.data.adapters import load_dataset
 from recsys_lightning.data.cache import ExampleCache, code_hash, data_fingerprint, files_hash, tokenizer_hash
 from recsys_lightning.data.encode import encode_masked_rows, encode_rows
 from recsys_lightning.data.indexing import ItemIndex, build_index
-from recsys_lightning.data.sampling import evaluation_loader, example_lengths, training_loader
+from recsys_lightning.data.sampling import evaluation_loader, example_lengths, request_order, training_loader
 from recsys_lightning.data.schema import RecData
 from recsys_lightning.data.textualize import describe_item, describe_user, with_templates
 from recsys_lightning.data.tokenizer import GLMTokens, load_tokenizer, train_tokenizer
@@ -304,8 +304,14 @@ class RecDataModule(L.LightningDataModule):
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         """One loader per stream; each rank decodes a contiguous share of whole batches (no sample twice)."""
         return [evaluation_loader(ds, self.hparams.eval_batch_size, self._shard(),
-                                  partial(self._collate_eval, stream), self.hparams.num_workers)
+                                  partial(self._collate_eval, stream), self.hparams.num_workers,
+                                  self._eval_order(ds, split))
                 for stream, ds in zip(self.eval_streams, self._eval[split])]
+
+    def _eval_order(self, ds: Dataset, split: str) -> list[int] | None:
+        """Validation reads its requests in a seeded order, so that a `limit_val_batches` subset is a random
+        sample of them; test and predict keep the dataset's order (predictions are written in it)."""
+        return request_order(ds.with_format("numpy")["request_id"][:], self.hparams.seed) if split == "val" else None
 
     def _collate_eval(self, stream: EvalStream, rows: list[dict[str, Any]]) -> dict[str, Any]:
         batch = collate_part_a(rows, self.tokens.pad)

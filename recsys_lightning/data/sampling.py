@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any, Callable, Iterator, Sequence
 
 import datasets
+import numpy as np
 import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -151,16 +152,18 @@ class ContiguousShard(DistributedSampler):
     """Evaluation sampler: rank r reads the r-th contiguous run of whole batches, nothing padded or repeated.
 
     Batches are the ones a single process forms, so decoding (and the metrics) match it exactly; shards may be
-    uneven by one batch.
+    uneven by one batch. `order` (row indices) replaces the dataset's own order.
     """
 
-    def __init__(self, length: int, batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, length: int, batch_size: int, num_replicas: int = 1, rank: int = 0,
+                 order: Sequence[int] | None = None) -> None:
         if length < num_replicas:
             raise ValueError(f"an evaluation stream has {length} requests, fewer than the {num_replicas} processes")
         super().__init__(range(length), num_replicas=num_replicas, rank=rank, shuffle=False)
         batches = math.ceil(length / batch_size)
         first, last = (batches * r // num_replicas for r in (rank, rank + 1))
-        self.indices = range(first * batch_size, min(last * batch_size, length))
+        rows = range(length) if order is None else order
+        self.indices = rows[first * batch_size: min(last * batch_size, length)]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -169,11 +172,22 @@ class ContiguousShard(DistributedSampler):
         return iter(self.indices)
 
 
+def request_order(request_ids: Sequence[int], seed: int) -> list[int]:
+    """Row indices with each request's rows kept together and the requests in a seeded random order, so that
+    the first batches (`trainer.limit_val_batches`) are a uniform sample of the requests, not the first users."""
+    ids = np.asarray(request_ids, dtype=np.int64)
+    if len(ids) == 0:
+        return []
+    rank = np.random.default_rng(seed).permutation(int(ids.max()) + 1)
+    return np.lexsort((np.arange(len(ids)), rank[ids])).tolist()
+
+
 def evaluation_loader(dataset: Dataset, batch_size: int, shard: tuple[int, int], collate_fn: Callable[[list], Any],
-                      num_workers: int) -> DataLoader:
-    """An evaluation stream's loader for this rank; the batch shrinks when the stream has fewer batches than
-    ranks, so that every rank decodes (metrics sync at the end of the epoch on every rank)."""
+                      num_workers: int, order: Sequence[int] | None = None) -> DataLoader:
+    """An evaluation stream's loader for this rank, reading rows in `order` (default: the dataset's); the batch
+    shrinks when the stream has fewer batches than ranks, so that every rank decodes (metrics sync at the end of
+    the epoch on every rank)."""
     length = len(dataset)  # type: ignore[arg-type]
     size = batch_size if math.ceil(length / batch_size) >= shard[0] else max(1, length // shard[0])
-    return DataLoader(dataset, batch_size=size, sampler=ContiguousShard(length, size, *shard),
+    return DataLoader(dataset, batch_size=size, sampler=ContiguousShard(length, size, *shard, order=order),
                       collate_fn=collate_fn, num_workers=num_workers)

@@ -1,4 +1,5 @@
-"""Training steps: weighted mix, dealt to ranks, resumable mid-epoch; evaluation shards: exact and contiguous."""
+"""Training steps: weighted mix, dealt to ranks, resumable mid-epoch; evaluation shards: exact and contiguous,
+in the dataset's order or a seeded order of whole requests."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import datasets
 import pytest
 import torch
 
-from recsys_lightning.data.sampling import ContiguousShard, StepSampler, evaluation_loader, one_per_row, training_loader
+from recsys_lightning.data.sampling import (ContiguousShard, StepSampler, evaluation_loader, one_per_row, request_order,
+                                           training_loader)
 
 
 def sampler(world: int = 1, rank: int = 0, batch: int = 4, n: int = 50, seed: int = 3) -> StepSampler:
@@ -105,3 +107,21 @@ def test_a_step_reads_its_examples_from_every_table_in_step_order():
     rows = loader.dataset[[[4, 0], [6, 4, 2]]]  # indices run over both tables: 4 is the second table's example 1
     assert [[r["labels"][1] for r in row] for row in rows] == [[1, 0], [3, 1, 2]]
     assert set(rows[0][0]) == {"input_ids", "labels", "inter_position", "intra_position", "part_a_length"}
+
+
+def test_request_order_keeps_a_requests_rows_together_and_shuffles_requests_by_seed():
+    ids = [0, 0, 0, 1, 2, 2, 3, 4, 4, 4, 5, 6, 7, 8, 9]
+    order = request_order(ids, seed=0)
+    assert sorted(order) == list(range(len(ids)))
+    requests = [ids[i] for i in order]
+    runs = [r for k, r in enumerate(requests) if k == 0 or requests[k - 1] != r]
+    assert sorted(runs) == list(range(10)) and runs != sorted(runs)  # each request one run, not in id order
+    assert all(a < b for a, b in zip(order, order[1:]) if ids[a] == ids[b])  # rows keep their order within one
+    assert request_order(ids, seed=0) == order and request_order(ids, seed=1) != order
+
+
+def test_an_ordered_evaluation_stream_reads_its_order_in_single_process_batches_on_every_rank():
+    order = request_order(list(range(41)), seed=0)
+    for world in (1, 2, 3):
+        loaders = [evaluation_loader(list(range(41)), 8, (world, rank), list, 0, order) for rank in range(world)]
+        assert [b for loader in loaders for b in loader] == [order[s: s + 8] for s in range(0, 41, 8)]

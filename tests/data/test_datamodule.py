@@ -1,0 +1,29 @@
+"""Evaluation loaders of the data module: validation in a seeded order of whole requests, test in dataset order."""
+
+from __future__ import annotations
+
+from recsys_lightning.data.datamodule import RecDataModule, TaskSpec
+
+
+def request_ids(loader) -> list[int]:
+    return [i for batch in loader for i in batch["request_id"].tolist()]
+
+
+def test_validation_reads_whole_requests_in_a_seeded_order_and_test_reads_them_in_order(tiny_reviews):
+    def module(seed: int) -> RecDataModule:
+        dm = RecDataModule(tasks=[TaskSpec("sequential"), TaskSpec("direct")], root=str(tiny_reviews),
+                           vocab_size=400, max_length=640, eval_batch_size=16, cache_dir=None, seed=seed)
+        dm.setup("fit")
+        dm.setup("test")
+        return dm
+
+    dm = module(0)
+    for stream, val, test in zip(dm.eval_streams, dm.val_dataloader(), dm.test_dataloader()):
+        ids = request_ids(val)
+        runs = [r for k, r in enumerate(ids) if k == 0 or ids[k - 1] != r]
+        assert len(runs) == len(set(runs)), stream.name  # a request's rows (direct: 100 answers) stay together
+        assert sorted(ids) == sorted(dm._eval["val"][dm.eval_streams.index(stream)]["request_id"])
+        assert runs != sorted(runs), stream.name  # the first batches are not the first users
+        assert request_ids(test) == sorted(request_ids(test)), stream.name
+    assert [request_ids(v) for v in module(0).val_dataloader()] == [request_ids(v) for v in dm.val_dataloader()]
+    assert [request_ids(v) for v in module(1).val_dataloader()] != [request_ids(v) for v in dm.val_dataloader()]
