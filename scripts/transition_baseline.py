@@ -1,0 +1,83 @@
+"""A count-based first-order transition baseline (a Markov chain over items) under the protocol of
+docs/results.md: leave-one-out, the whole catalog ranked, HR@5 / NDCG@5 / HR@10 / NDCG@10.
+
+It reads the dataset with the trainer's own adapter and split, counts item -> next item over the training
+part of every sequence (all but the last two items), and ranks every item by its count after the
+history's last item, ties broken by training popularity. It says how much of a split's score a model can
+reach from the last item alone, and whether a gap between validation and test is in the data.
+
+    python scripts/transition_baseline.py --root ../shared/data/toys --out docs/results/toys_transition.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recsys_lightning.data.adapters import load_dataset
+from recsys_lightning.data.schema import RecData
+from recsys_lightning.data.splits import leave_one_out, training_sequences
+from recsys_lightning.metrics import ranking_metrics, update_ranking
+
+
+def transition_counts(data: RecData) -> tuple[list[dict[int, int]], np.ndarray]:
+    """Per item, the counts of the items that follow it, and every item's count, over the training parts."""
+    follows: list[dict[int, int]] = [{} for _ in range(data.num_items)]
+    popularity = np.zeros(data.num_items, dtype=np.int64)
+    for sequence in training_sequences(data):
+        np.add.at(popularity, sequence, 1)
+        for item, nxt in zip(sequence[:-1].tolist(), sequence[1:].tolist()):
+            follows[item][nxt] = follows[item].get(nxt, 0) + 1
+    return follows, popularity
+
+
+def rank(history: np.ndarray, follows: list[dict[int, int]], popularity: np.ndarray, k: int,
+         exclude_history: bool) -> torch.Tensor:
+    """The `k` best items after `history`: transition count from its last item, then popularity."""
+    scores = torch.from_numpy(popularity / (popularity.max() + 1.0))
+    nxt = follows[int(history[-1])]
+    if nxt:
+        scores[list(nxt)] += torch.tensor(list(nxt.values()), dtype=scores.dtype)
+    if exclude_history:
+        scores[torch.from_numpy(history)] = -1.0
+    return scores.topk(k).indices
+
+
+def evaluate(data: RecData, split: str, exclude_history: bool, ks: tuple[int, ...] = (5, 10)) -> dict[str, float]:
+    """HR@k and NDCG@k of the transition ranking over every user with a `split` target."""
+    follows, popularity = transition_counts(data)
+    metrics = ranking_metrics(ks, ks)
+    for user in range(data.num_users):
+        cut = leave_one_out(data.sequence(user), split)
+        if cut is None:
+            continue
+        history, target = cut
+        ranked = rank(history, follows, popularity, max(ks), exclude_history)
+        update_ranking(metrics, ranked[None], torch.tensor([target]), torch.tensor([user]))
+    return {name: round(float(metric.compute()), 6) for name, metric in sorted(metrics.items())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True, help="an S3-Rec / P5 dataset folder")
+    parser.add_argument("--out", type=Path, required=True, help="where the results JSON is written")
+    parser.add_argument("--keep-history", action="store_true",
+                        help="leave the history's items rankable (datasets with repeat visits, as Yelp)")
+    args = parser.parse_args()
+    start = time.time()
+    data = load_dataset("s3rec", args.root, seed=0)
+    metrics = {split: evaluate(data, split, not args.keep_history) for split in ("val", "test")}
+    kept = {"command": "python " + " ".join(sys.argv), "wall_seconds": round(time.time() - start, 1),
+            "dataset": data.stats(), "exclude_history": not args.keep_history, "metrics": metrics}
+    args.out.write_text(json.dumps(kept, indent=2) + "\n")
+    print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    main()

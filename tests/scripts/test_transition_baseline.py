@@ -1,0 +1,48 @@
+"""The count-based transition baseline of docs/results.md ranks the most frequent follower of the last item."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from recsys_lightning.data.schema import RecData
+from tests.conftest import REPO
+
+spec = importlib.util.spec_from_file_location("transition_baseline", REPO / "scripts" / "transition_baseline.py")
+baseline = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(baseline)
+
+
+def recdata(sequences: dict[str, list[str]]) -> RecData:
+    users = [u for u, seq in sequences.items() for _ in seq]
+    items = [i for seq in sequences.values() for i in seq]
+    times = [t for seq in sequences.values() for t in range(len(seq))]
+    return RecData.build("toy", users, items, times)
+
+
+# items a..f are ids 0..5; the held-out last two items of each user never enter the counts
+DATA = recdata({"u1": ["a", "b", "c", "f", "f"], "u2": ["a", "b", "d", "f", "f"], "u3": ["a", "c", "b", "e", "a"],
+                "u4": ["b", "c", "a", "b", "c"], "u5": ["a", "e", "f"]})
+
+
+def test_counts_read_only_the_training_part_of_each_sequence():
+    follows, popularity = baseline.transition_counts(DATA)
+    assert follows[0] == {1: 2, 2: 1} and follows[1] == {2: 2, 3: 1} and follows[2] == {1: 1, 0: 1}
+    assert popularity.tolist() == [5, 4, 3, 1, 0, 0]  # e and f occur only in held-out positions
+
+
+def test_followers_rank_by_count_then_popularity_and_the_history_can_be_left_out():
+    follows, popularity = baseline.transition_counts(DATA)
+    ranked = baseline.rank(np.array([2, 1]), follows, popularity, 6, exclude_history=False).tolist()
+    assert ranked[:4] == [2, 3, 0, 1]  # after b: c (followed twice), d (once), then a and b by popularity
+    ranked = baseline.rank(np.array([2, 1]), follows, popularity, 4, exclude_history=True).tolist()
+    assert ranked[:2] == [3, 0] and not {1, 2} & set(ranked[:4])
+
+
+def test_hit_rate_over_the_test_split_matches_a_hand_count():
+    # top-1 after the last history item: u3 (e -> a by popularity) and u4 (b -> c) hit; u1, u2, u5 miss
+    assert baseline.evaluate(DATA, "test", exclude_history=False, ks=(1,))["hr@1"] == pytest.approx(2 / 5)
+    # with the history left out, neither a (u3) nor c (u4) can be ranked
+    assert baseline.evaluate(DATA, "test", exclude_history=True, ks=(1,))["hr@1"] == 0.0
