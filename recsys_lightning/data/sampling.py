@@ -4,7 +4,7 @@ Training: each epoch draws one global stream of examples (family weights, seed +
 (`batch_size` examples, or packed rows), deals the steps round-robin to the data-parallel ranks and can start
 mid-epoch after a restart, so the data order does not depend on where a run was interrupted. Evaluation: each
 rank takes a contiguous run of whole batches, nothing repeated or dropped, so metrics gathered over the ranks
-equal one process's.
+equal one process's; a stream is read in dataset order or in a seeded order of whole requests (`request_order`).
 """
 
 from __future__ import annotations
