@@ -49,18 +49,20 @@ def rank(history: np.ndarray, follows: list[dict[int, int]], popularity: np.ndar
     return scores.topk(k).indices
 
 
-def evaluate(data: RecData, split: str, exclude_history: bool, ks: tuple[int, ...] = (5, 10)) -> dict[str, float]:
-    """HR@k and NDCG@k of the transition ranking over every user with a `split` target."""
+def evaluate(data: RecData, exclude_history: bool, splits: tuple[str, ...] = ("val", "test"),
+             ks: tuple[int, ...] = (5, 10)) -> dict[str, dict[str, float]]:
+    """Per split, HR@k and NDCG@k of the transition ranking over every user with a target there."""
     follows, popularity = transition_counts(data)
-    metrics = ranking_metrics(ks, ks)
-    for user in range(data.num_users):
-        cut = leave_one_out(data.sequence(user), split)
-        if cut is None:
-            continue
-        history, target = cut
-        ranked = rank(history, follows, popularity, max(ks), exclude_history)
-        update_ranking(metrics, ranked[None], torch.tensor([target]), torch.tensor([user]))
-    return {name: round(float(metric.compute()), 6) for name, metric in sorted(metrics.items())}
+    results = {}
+    for split in splits:
+        metrics = ranking_metrics(ks, ks)
+        for user in range(data.num_users):
+            cut = leave_one_out(data.sequence(user), split)
+            if cut is not None:
+                ranked = rank(cut[0], follows, popularity, max(ks), exclude_history)
+                update_ranking(metrics, ranked[None], torch.tensor([cut[1]]), torch.tensor([user]))
+        results[split] = {name: round(float(metric.compute()), 6) for name, metric in sorted(metrics.items())}
+    return results
 
 
 def main() -> None:
@@ -72,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.time()
     data = load_dataset("s3rec", args.root, seed=0)
-    metrics = {split: evaluate(data, split, not args.keep_history) for split in ("val", "test")}
+    metrics = evaluate(data, not args.keep_history)
     kept = {"command": "python " + " ".join(sys.argv), "wall_seconds": round(time.time() - start, 1),
             "dataset": data.stats(), "exclude_history": not args.keep_history, "metrics": metrics}
     args.out.write_text(json.dumps(kept, indent=2) + "\n")

@@ -43,6 +43,6 @@ def test_followers_rank_by_count_then_popularity_and_the_history_can_be_left_out
 
 def test_hit_rate_over_the_test_split_matches_a_hand_count():
     # top-1 after the last history item: u3 (e -> a by popularity) and u4 (b -> c) hit; u1, u2, u5 miss
-    assert baseline.evaluate(DATA, "test", exclude_history=False, ks=(1,))["hr@1"] == pytest.approx(2 / 5)
+    assert baseline.evaluate(DATA, False, ("test",), ks=(1,))["test"]["hr@1"] == pytest.approx(2 / 5)
     # with the history left out, neither a (u3) nor c (u4) can be ranked
-    assert baseline.evaluate(DATA, "test", exclude_history=True, ks=(1,))["hr@1"] == 0.0
+    assert baseline.evaluate(DATA, True, ("test",), ks=(1,))["test"]["hr@1"] == 0.0
