@@ -18,11 +18,11 @@ def test_validation_reads_whole_requests_in_a_seeded_order_and_test_reads_them_i
         return dm
 
     dm = module(0)
-    for stream, val, test in zip(dm.eval_streams, dm.val_dataloader(), dm.test_dataloader()):
+    for stream, rows, val, test in zip(dm.eval_streams, dm._eval["val"], dm.val_dataloader(), dm.test_dataloader()):
         ids = request_ids(val)
         runs = [r for k, r in enumerate(ids) if k == 0 or ids[k - 1] != r]
         assert len(runs) == len(set(runs)), stream.name  # a request's rows (direct: 100 answers) stay together
-        assert sorted(ids) == sorted(dm._eval["val"][dm.eval_streams.index(stream)]["request_id"])
+        assert sorted(ids) == sorted(rows["request_id"])
         assert runs != sorted(runs), stream.name  # the first batches are not the first users
         assert request_ids(test) == sorted(request_ids(test)), stream.name
     assert [request_ids(v) for v in module(0).val_dataloader()] == [request_ids(v) for v in dm.val_dataloader()]
