@@ -33,6 +33,23 @@ class RecSysCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._args = args  # kept to parse again once a checkpoint's hyperparameters are the defaults
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """The checkpoint's saved model hyperparameters become defaults under the config files and command line.
+        Lightning's own merge puts them on top, silently undoing e.g. `test --model.score_end false`."""
+        subcommand = self.config.get("subcommand")
+        ckpt = Path(self.config[subcommand].get("ckpt_path") or "") if subcommand else None
+        if ckpt is None or not ckpt.is_file():
+            return
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
+        saved = {f"model.{key}": value for key, value in saved.items() if not key.startswith("_")}
+        if saved:
+            self._subcommand_parsers[subcommand].set_defaults(saved)
+            super().parse_arguments(self.parser, self._args)
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """As LightningCLI's, but `--trainer.enable_progress_bar false` also drops the default RichProgressBar."""
         if self._get(self.config_init, "trainer", default={}).get("enable_progress_bar") is False:

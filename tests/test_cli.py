@@ -36,7 +36,10 @@ def run(sub: str, tmp: Path, root: Path, *extra: str, config: str = "lightning_c
 def test_fit_then_test_writes_checkpoints_and_results(tmp_path, tiny_reviews, capsys):
     run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY)
     assert (tmp_path / "ckpt" / "last.ckpt").is_file() and (tmp_path / "ckpt" / "best.ckpt").is_file()
-    out = run("test", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, "--ckpt_path", str(tmp_path / "ckpt" / "best.ckpt"))
+    # a model setting given at test time wins over the one saved in the checkpoint (beam 10)
+    out = run("test", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, "--model.beam_size", "12", "--ckpt_path",
+              str(tmp_path / "ckpt" / "best.ckpt"))
+    assert yaml.safe_load((out / "hparams.yaml").read_text())["beam_size"] == 12
     results = json.loads((out / "results.json").read_text())
     seq = results["metrics"]["sequential"]
     for name in ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "unseen/hr@10", "unseen/ndcg@10"):
