@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 WIDTH, HEIGHT, MARGIN = 640, 360, 60
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
 def curve(kept: Path, metric: str) -> list[tuple[int, float]]:
