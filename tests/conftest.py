@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -21,6 +24,15 @@ ONE_EPOCH = ["--trainer.max_steps", "-1", "--trainer.max_epochs", "1", "--traine
 SEQUENTIAL_ONLY = ["--data.tasks", '[{"name": "sequential"}]', "--checkpoint.monitor", "val/sequential/ndcg@10"]
 CORPUS = ["user bought items in this order next item is great guitar strings and a tuner " + " ".join(map(str, range(100)))]
 
+
+
+def load_script(relative: str) -> ModuleType:
+    """Import a file outside the package (scripts/, benchmarks/) by its path under the repository."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = sys.modules[path.stem] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 @pytest.fixture(scope="session")
 def tokenizer():

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 
 import pytest
 import torch
@@ -12,11 +10,9 @@ import torch.nn.functional as F
 
 from recsys_lightning.model.layout import IGNORE
 from recsys_lightning.module import RecSysLLM
-from tests.conftest import REPO
+from tests.conftest import load_script
 
-spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks" / "bench_train.py")
-bench = sys.modules["bench_train"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load_script("benchmarks/bench_train.py")
 
 SHAPE = bench.Shape(layers=1, hidden=32, heads=2, vocab=300, seq=512)
 

@@ -2,35 +2,33 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import load_script
 
-spec = importlib.util.spec_from_file_location("plot_curves", REPO / "scripts" / "plot_curves.py")
-plot_curves = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(plot_curves)
+plot_curves = load_script("scripts/plot_curves.py")
 
 METRIC = "val/sequential/ndcg@10"
 
 
-def kept(tmp_path: Path, name: str, rows: list[dict]) -> Path:
-    path = tmp_path / f"{name}.json"
+def kept(tmp_path: Path, rows: list[dict]) -> Path:
+    """A kept run (docs/results/*.json) holding only its validation rows."""
+    path = tmp_path / "run.json"
     path.write_text(json.dumps({"validation": rows}))
     return path
 
 
 def test_curve_is_sorted_by_step_and_skips_rows_without_the_metric(tmp_path):
-    path = kept(tmp_path, "run", [{"step": 799, METRIC: 0.02}, {"step": 399, METRIC: 0.01}, {"step": 100, "x": 1}])
+    path = kept(tmp_path, [{"step": 799, METRIC: 0.02}, {"step": 399, METRIC: 0.01}, {"step": 100, "x": 1}])
     assert plot_curves.curve(path, METRIC) == [(399, 0.01), (799, 0.02)]
 
 
 def test_a_run_without_the_metric_names_the_file(tmp_path):
-    path = kept(tmp_path, "run", [{"step": 399, "val/direct/hr@10": 0.2}])
+    path = kept(tmp_path, [{"step": 399, "val/direct/hr@10": 0.2}])
     with pytest.raises(SystemExit, match=re.escape(str(path))):
         plot_curves.curve(path, METRIC)
 

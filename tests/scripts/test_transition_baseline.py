@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
 
 from recsys_lightning.data.schema import RecData
-from tests.conftest import REPO
+from tests.conftest import load_script
 
-spec = importlib.util.spec_from_file_location("transition_baseline", REPO / "scripts" / "transition_baseline.py")
-baseline = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(baseline)
+baseline = load_script("scripts/transition_baseline.py")
 
 
 def recdata(sequences: dict[str, list[str]]) -> RecData:
