@@ -25,7 +25,6 @@ SEQUENTIAL_ONLY = ["--data.tasks", '[{"name": "sequential"}]', "--checkpoint.mon
 CORPUS = ["user bought items in this order next item is great guitar strings and a tuner " + " ".join(map(str, range(100)))]
 
 
-
 def load_script(relative: str) -> ModuleType:
     """Import a file outside the package (scripts/, benchmarks/) by its path under the repository."""
     path = REPO / relative
@@ -33,6 +32,7 @@ def load_script(relative: str) -> ModuleType:
     module = sys.modules[path.stem] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
 
 @pytest.fixture(scope="session")
 def tokenizer():
