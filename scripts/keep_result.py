@@ -17,9 +17,14 @@ from pathlib import Path
 
 
 def validation_curve(logs: Path) -> list[dict[str, float]]:
-    """Every validation row of the run's CSV logs: step and the val/ metrics."""
+    """Every validation row of the run's CSV logs: step, epoch in progress (from 0) and the val/ metrics.
+
+    The epoch lets runs whose steps hold different numbers of users (text rows are longer than ID rows) be set
+    side by side at equal passes over the data.
+    """
     rows = [r for f in sorted(logs.rglob("metrics.csv")) for r in csv.DictReader(f.open())]
-    return [{"step": int(r["step"]), **{k: round(float(v), 6) for k, v in r.items() if k.startswith("val/") and v}}
+    return [{"step": int(r["step"]), "epoch": int(r["epoch"]),
+             **{k: round(float(v), 6) for k, v in r.items() if k.startswith("val/") and v}}
             for r in rows if any(k.startswith("val/") and v for k, v in r.items())]
 
 
