@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from recsys_lightning.prompts import PromptError, Template, load_prompts
+from recsys_lightning.registry import builtin_dir, discover
 
 
 def test_render_marks_entities_and_masks_the_target():
@@ -77,3 +78,10 @@ def test_a_prefix_must_be_the_slot_just_before_the_target(tmp_path):
         prompts = load_prompts(write(tmp_path, body))
         with pytest.raises(PromptError, match=r"template 'c' has prefix 'history', which must be the slot just"):
             prompts.validate(frozenset({"history", "user", "item"}), "fam")
+
+
+@pytest.mark.parametrize("path", sorted((builtin_dir("prompts") / "variants").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_variant_fills_only_its_family_slots(path):
+    family = discover()[path.stem.split("_")[0]]  # variants are named <family>_<variant>.yaml
+    prompts = family.load_prompts(path)
+    assert prompts.seen
