@@ -330,7 +330,8 @@ class RecDataModule(L.LightningDataModule):
         return self._eval_loaders("test")
 
     def stats(self) -> dict[str, Any]:
-        """Dataset statistics and example counts per family and split, for results files."""
+        """Dataset statistics, example counts per family and split and (once fitted) mean tokens a training row, for
+        results files."""
         assert self.data is not None
         counts: dict[str, dict[str, int]] = {f.name: {} for f in self.families}
         for f, ds in zip(self.families, self._train):
@@ -338,4 +339,8 @@ class RecDataModule(L.LightningDataModule):
         for split, datasets in self._eval.items():
             for stream, ds in zip(self.eval_streams, datasets):
                 counts[stream.family.name][f"{split}-{stream.name}"] = len(ds)
-        return {**self.data.stats(), "item_index": self.hparams.item_index, "examples": counts}
+        stats = {**self.data.stats(), "item_index": self.hparams.item_index, "examples": counts}
+        if self._train:  # how long each family's training rows are: text rows cost steps (docs/results.md)
+            stats["train_tokens_mean"] = {f.name: round(float(np.mean(example_lengths([ds]))), 1)
+                                          for f, ds in zip(self.families, self._train)}
+        return stats

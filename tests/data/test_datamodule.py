@@ -27,3 +27,17 @@ def test_validation_reads_whole_requests_in_a_seeded_order_and_test_reads_them_i
         assert request_ids(test) == sorted(request_ids(test)), stream.name
     assert [request_ids(v) for v in module(0).val_dataloader()] == [request_ids(v) for v in dm.val_dataloader()]
     assert [request_ids(v) for v in module(1).val_dataloader()] != [request_ids(v) for v in dm.val_dataloader()]
+
+
+def test_stats_give_each_familys_mean_training_row_length(tiny_reviews):
+    def module(prompts: str) -> RecDataModule:
+        dm = RecDataModule(tasks=[TaskSpec("sequential", options={"every_window": False}, prompts=prompts)],
+                           root=str(tiny_reviews), item_index="atomic", vocab_size=400, max_length=640,
+                           cache_dir=None)
+        dm.setup("fit")
+        return dm
+
+    text, ids = module("variants/sequential_causal.yaml"), module("variants/sequential_id_only_causal.yaml")
+    rows = [len(r) for r in text._train[0]["input_ids"]]
+    assert text.stats()["train_tokens_mean"] == {"sequential": round(sum(rows) / len(rows), 1)}
+    assert ids.stats()["train_tokens_mean"]["sequential"] < text.stats()["train_tokens_mean"]["sequential"]

@@ -29,6 +29,7 @@ def test_prepare_reads_a_training_config_and_prints_stats_last(tiny_reviews, tmp
     assert set(counts) == {"train", "val-seen-item", "val-unseen-item", "test-seen-item", "test-unseen-item"}
     assert counts["test-seen-item"] == 40
     assert set(stats["examples"]) == {"sequential", "direct", "rating", "explanation", "review"}
+    assert set(stats["train_tokens_mean"]) == set(stats["examples"])
     cache = Path(stats["cache"])
     built = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
     again = prepare(capsys, "demo.yaml", tiny_reviews, tmp_path)
