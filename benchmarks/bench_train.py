@@ -187,12 +187,14 @@ def run_ours(module: PackedGLMStep, batches: list[dict[str, torch.Tensor]], prec
     return tokens / seconds, module.shape.flops(tokens, predicted) / seconds
 
 
-def reference_step(shape: Shape, device: torch.device, compile: bool) -> Callable[[torch.Tensor], None]:
-    """One fwd + bwd + AdamW (fused on CUDA) step of the compiled causal reference, bf16 autocast on CUDA."""
+def reference_step(shape: Shape, device: torch.device, compile: bool, precision: str
+                   ) -> Callable[[torch.Tensor], None]:
+    """One fwd + bwd + AdamW (fused on CUDA) step of the compiled causal reference, in bf16 autocast when our step
+    is (`precision` bf16-mixed)."""
     model = CausalLM(shape).to(device)
     forward = torch.compile(model) if compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16-mixed")
 
     def step(ids: torch.Tensor) -> None:
         with autocast:
@@ -228,6 +230,8 @@ def main() -> None:
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="auto: on CUDA only")
     parser.add_argument("--attention", choices=("auto", "sdpa", "flex"), default="auto",
                         help="our step's attention, as NativeGLM(attention=...); auto: sdpa")
+    parser.add_argument("--precision", choices=("auto", "32-true", "bf16-mixed"), default="auto",
+                        help="auto: bf16-mixed on CUDA, 32-true on CPU (bf16-mixed there needs AMX or AVX512-BF16)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak (default: H100 bf16 or CPU)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -238,7 +242,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", module="lightning")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
-    precision = "bf16-mixed" if device.type == "cuda" else "32-true"
+    precision = args.precision if args.precision != "auto" else "bf16-mixed" if device.type == "cuda" else "32-true"
     flex = args.attention == "flex"
     if flex and device.type != "cuda":
         parser.error("--attention flex trains on CUDA only (FlexAttention has no CPU backward)")
@@ -256,7 +260,7 @@ def main() -> None:
     batches, unpacked_padding = packed_batches(shape, args.batch, args.warmup + args.rounds * (args.steps + 1),
                                                args.seed)
     ours = PackedGLMStep(shape, compile, flex)
-    reference = reference_step(shape, device, compile)
+    reference = reference_step(shape, device, compile, precision)
     ids = torch.randint(0, shape.vocab, (args.batch, shape.seq + 1), device=device)
     run_ours(ours, batches[: args.warmup], precision)
     run_reference(reference, ids, args.warmup)

@@ -3,6 +3,7 @@ delegated to the task family each dataloader belongs to."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
 
 import lightning as L
@@ -42,6 +43,7 @@ class RecSysLLM(L.LightningModule):
         beam_size: int = 20,
         score_end: bool = True,
         compile: bool = False,
+        decode_float32: bool = False,
     ) -> None:
         """
         Args:
@@ -57,6 +59,8 @@ class RecSysLLM(L.LightningModule):
                 at a row's end; it needs item token sequences none of which begins another (atomic item ids).
             compile: torch.compile the training forward (network, mask and Part B logits as one graph) for
                 fused GPU kernels; evaluation and prediction decode with the eager network.
+            decode_float32: decode (validation, test, predict) with autocast off, in the float32 weights, under a
+                `bf16-mixed` trainer: bf16 logits reorder near-tied items, so metrics move by a few hits.
         """
         super().__init__()
         self.backbone = backbone or NativeGLM()
@@ -92,6 +96,9 @@ class RecSysLLM(L.LightningModule):
         if self.lora is not None:
             network = self.backbone.add_lora(network, self.lora, self.tokenizer)
         precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
+        if self.hparams.decode_float32 and self.device_mesh is not None and precision.startswith("bf16"):
+            raise ValueError("model.decode_float32: true needs float32 weights to decode with; FSDP2 under bf16 "
+                             "gathers bf16 ones (drop the option, or train without bf16)")
         self.network = shard_network(network, self.device_mesh, precision)
         if self.hparams.compile:
             self.compile()  # `self(batch)`, which only training_step calls
@@ -130,9 +137,14 @@ class RecSysLLM(L.LightningModule):
     def generator(self) -> Generator:
         return Generator(self.network, self.tokens, self.hparams.beam_size, score_end=self.hparams.score_end)
 
+    def decoding_precision(self) -> AbstractContextManager:
+        """The context decoding runs in: autocast off under `decode_float32`, else the trainer's precision."""
+        return torch.autocast(self.device.type, enabled=False) if self.hparams.decode_float32 else nullcontext()
+
     def _evaluate(self, prefix: str, batch: dict[str, Any], dataloader_idx: int) -> None:
         stream = self.streams[dataloader_idx]
-        stream.family.evaluate(self.generator, batch, self.metric_sets[f"{prefix}_{dataloader_idx}"])
+        with self.decoding_precision():
+            stream.family.evaluate(self.generator, batch, self.metric_sets[f"{prefix}_{dataloader_idx}"])
 
     def _log_metrics(self, prefix: str) -> None:
         for key, metrics in self.metric_sets.items():
@@ -169,7 +181,9 @@ class RecSysLLM(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         stream = self.streams[dataloader_idx]
-        return [{"task": stream.family.name, **answer} for answer in stream.family.predict(self.generator, batch)]
+        with self.decoding_precision():
+            answers = stream.family.predict(self.generator, batch)
+        return [{"task": stream.family.name, **answer} for answer in answers]
 
     # --- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,10 +1,13 @@
-"""RecSysLLM's training forward: `compile: true` puts it under torch.compile with the eager forward's loss."""
+"""RecSysLLM's training forward (`compile: true`: torch.compile, the eager forward's loss) and its decoding precision."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torchmetrics import MetricCollection
 
 from recsys_lightning.data.packing import collate_packed
 from recsys_lightning.model.backbones import NativeGLM
@@ -46,3 +49,41 @@ def test_compiled_training_step_is_one_graph_for_every_part_b_target_count(token
     for batch in batches:
         module.training_step(batch, 0)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+class AutocastProbe:
+    """A family stand-in that records whether bf16 autocast is on while it decodes."""
+
+    name = "probe"
+
+    def __init__(self) -> None:
+        self.autocast: list[bool] = []
+
+    def evaluate(self, generator, batch, metrics) -> None:
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
+
+    def predict(self, generator, batch) -> list[dict]:
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
+        return [{"user": 0}]
+
+
+@pytest.mark.parametrize("decode_float32", [False, True])
+def test_decode_float32_turns_autocast_off_for_evaluation_and_prediction(tokens, decode_float32):
+    module = RecSysLLM(decode_float32=decode_float32)
+    module.tokens = tokens
+    probe = AutocastProbe()
+    module.streams = [SimpleNamespace(family=probe)]
+    module.metric_sets["val_0"] = MetricCollection({})
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what a bf16-mixed trainer wraps its steps in
+        module.validation_step({}, 0)
+        assert module.predict_step({}, 0) == [{"task": "probe", "user": 0}]
+    assert probe.autocast == [not decode_float32] * 2
+
+
+def test_decode_float32_refuses_fsdp2_bf16_weights(tokenizer):
+    module = RecSysLLM(decode_float32=True)
+    module.tokenizer = tokenizer
+    module._device_mesh = object()  # as ModelParallelStrategy sets it
+    module._trainer = SimpleNamespace(precision="bf16-mixed")
+    with pytest.raises(ValueError, match="decode_float32"):
+        module.configure_model()
