@@ -231,7 +231,7 @@ def main() -> None:
     parser.add_argument("--attention", choices=("auto", "sdpa", "flex"), default="auto",
                         help="our step's attention, as NativeGLM(attention=...); auto: sdpa")
     parser.add_argument("--precision", choices=("auto", "32-true", "bf16-mixed"), default="auto",
-                        help="auto: bf16-mixed on CUDA, 32-true on CPU (bf16-mixed there needs AMX or AVX512-BF16)")
+                        help="auto: bf16-mixed on CUDA, 32-true on CPU (bf16-mixed is faster there only with AMX)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak (default: H100 bf16 or CPU)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
