@@ -1,4 +1,5 @@
-"""Callbacks every run gets: the results file of a test run and the JSON-lines file of a predict run."""
+"""Callbacks every run gets: the results file of a test run, the JSON-lines file of a predict run, and the
+checkpoint callback whose `last.ckpt` is the latest state."""
 
 from __future__ import annotations
 
@@ -10,11 +11,40 @@ import lightning as L
 import yaml
 from rich.console import Console
 from rich.table import Table
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 
 
 def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose `last.ckpt` is rewritten at every save point and at the end of fit. Lightning 2.6
+    rewrites it only when a top-k checkpoint is saved, so a resume from it would drop the steps after the best one."""
+
+    @property
+    def state_key(self) -> str:
+        """ModelCheckpoint's key, so checkpoints written before this class resume with their best score."""
+        return ModelCheckpoint.__qualname__ + super().state_key.removeprefix(type(self).__qualname__)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_latest(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_latest(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._save_latest(trainer)
+
+    def _save_latest(self, trainer: L.Trainer) -> None:
+        """Write `last.ckpt` unless this step already saved a checkpoint (then `last.ckpt` is current)."""
+        if self.save_last is True and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class ResultsWriter(Callback):

@@ -10,14 +10,14 @@ from typing import Any, Sequence
 import datasets
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from rich.console import Console
 from rich.table import Table
 from tokenizers import Tokenizer
 
-from recsys_lightning.callbacks import PredictionWriter, ResultsWriter
+from recsys_lightning.callbacks import LatestCheckpoint, PredictionWriter, ResultsWriter
 from recsys_lightning.data.datamodule import RecDataModule
 from recsys_lightning.data.prepare import prepare
 from recsys_lightning.data.tokenizer import wrap_tokenizer
@@ -27,10 +27,10 @@ from recsys_lightning.registry import discover
 
 
 class RecSysCLI(LightningCLI):
-    """LightningCLI with a configurable ModelCheckpoint that always keeps `last.ckpt`."""
+    """LightningCLI with a configurable checkpoint callback that keeps `last.ckpt` at the latest state."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LatestCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
