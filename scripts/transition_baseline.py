@@ -4,7 +4,8 @@ docs/results.md: leave-one-out, the whole catalog ranked, HR@5 / NDCG@5 / HR@10 
 It reads the dataset with the trainer's own adapter and split, counts item -> next item over the training
 part of every sequence (all but the last two items), and ranks every item by its count after the
 history's last item, ties broken by training popularity. It says how much of a split's score a model can
-reach from the last item alone, and whether a gap between validation and test is in the data.
+reach from the last item alone, and whether a gap between validation and test is in the data; its
+`followers` block says how often a split's target followed the history's last item in training at all.
 
     python scripts/transition_baseline.py --root ../shared/data/toys --out docs/results/toys_transition.json
 """
@@ -65,6 +66,22 @@ def evaluate(data: RecData, exclude_history: bool, splits: tuple[str, ...] = ("v
     return results
 
 
+def followers(data: RecData, splits: tuple[str, ...] = ("val", "test")) -> dict[str, dict[str, float]]:
+    """Per split, the share of users whose target followed their history's last item in training (`seen`), was
+    its most frequent follower, ties included (`top`), and, of the seen ones, the share seen once (`once`)."""
+    follows, _ = transition_counts(data)
+    results = {}
+    for split in splits:
+        cuts = [leave_one_out(data.sequence(user), split) for user in range(data.num_users)]
+        cuts = [cut for cut in cuts if cut is not None]
+        counts = [follows[int(history[-1])].get(int(target), 0) for history, target in cuts]
+        top = sum(1 for (history, _), n in zip(cuts, counts) if n and n == max(follows[int(history[-1])].values()))
+        seen = sum(1 for n in counts if n)
+        results[split] = {"seen": round(seen / len(cuts), 6), "top": round(top / len(cuts), 6),
+                          "once": round(sum(1 for n in counts if n == 1) / max(seen, 1), 6)}
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True, help="an S3-Rec / P5 dataset folder")
@@ -76,7 +93,8 @@ def main() -> None:
     data = load_dataset("s3rec", args.root, seed=0)
     metrics = evaluate(data, not args.keep_history)
     kept = {"command": "python " + " ".join(sys.argv), "wall_seconds": round(time.time() - start, 1),
-            "dataset": data.stats(), "exclude_history": not args.keep_history, "metrics": metrics}
+            "dataset": data.stats(), "exclude_history": not args.keep_history, "metrics": metrics,
+            "followers": followers(data)}
     args.out.write_text(json.dumps(kept, indent=2) + "\n")
     print(json.dumps(metrics))
 

@@ -43,3 +43,12 @@ def test_hit_rate_over_the_test_split_matches_a_hand_count():
     assert baseline.evaluate(DATA, False, ("test",), ks=(1,))["test"]["hr@1"] == pytest.approx(2 / 5)
     # with the history left out, neither a (u3) nor c (u4) can be ranked
     assert baseline.evaluate(DATA, True, ("test",), ks=(1,))["test"]["hr@1"] == 0.0
+
+
+def test_followers_count_how_often_the_target_followed_the_last_item_in_training():
+    # test split: only u4's target (c after b, followed twice) ever followed its history's last item
+    assert baseline.followers(DATA, ("test",))["test"] == {"seen": 0.2, "top": 0.2, "once": 0.0}
+    # a is followed once by b and once by c in training: u3's target c is a follower seen once, tied for the top
+    data = recdata({"u1": ["a", "b", "q", "q"], "u2": ["a", "c", "q", "q"], "u3": ["d", "a", "c"]})
+    expected = {"seen": 1 / 3, "top": 1 / 3, "once": 1.0}
+    assert baseline.followers(data, ("test",))["test"] == pytest.approx(expected, abs=1e-6)
