@@ -74,4 +74,4 @@ wait $(jobs -p | grep -v "^$PACKER$") 2>/dev/null
 kill $PACKER 2>/dev/null
 pack
 touch "$OUT/done"; cat "$OUT/status.txt"
-for f in runs/gpu/*/logs/version_*/results.json; do echo "$f"; cat "$f" | head -c 400; echo; done
+for f in runs/gpu/*/logs/version_*/results.json; do echo "$f"; head -c 400 "$f"; echo; done

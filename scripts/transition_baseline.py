@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -38,6 +39,14 @@ def transition_counts(data: RecData) -> tuple[list[dict[int, int]], np.ndarray]:
     return follows, popularity
 
 
+def cuts(data: RecData, split: str) -> Iterator[tuple[int, np.ndarray, int]]:
+    """(user, history, target) of every user with a target in `split`."""
+    for user in range(data.num_users):
+        cut = leave_one_out(data.sequence(user), split)
+        if cut is not None:
+            yield user, cut[0], cut[1]
+
+
 def rank(history: np.ndarray, follows: list[dict[int, int]], popularity: np.ndarray, k: int,
          exclude_history: bool) -> torch.Tensor:
     """The `k` best items after `history`: transition count from its last item, then popularity."""
@@ -57,11 +66,9 @@ def evaluate(data: RecData, exclude_history: bool, splits: tuple[str, ...] = ("v
     results = {}
     for split in splits:
         metrics = ranking_metrics(ks, ks)
-        for user in range(data.num_users):
-            cut = leave_one_out(data.sequence(user), split)
-            if cut is not None:
-                ranked = rank(cut[0], follows, popularity, max(ks), exclude_history)
-                update_ranking(metrics, ranked[None], torch.tensor([cut[1]]), torch.tensor([user]))
+        for user, history, target in cuts(data, split):
+            ranked = rank(history, follows, popularity, max(ks), exclude_history)
+            update_ranking(metrics, ranked[None], torch.tensor([target]), torch.tensor([user]))
         results[split] = {name: round(float(metric.compute()), 6) for name, metric in sorted(metrics.items())}
     return results
 
@@ -72,12 +79,11 @@ def followers(data: RecData, splits: tuple[str, ...] = ("val", "test")) -> dict[
     follows, _ = transition_counts(data)
     results = {}
     for split in splits:
-        cuts = [leave_one_out(data.sequence(user), split) for user in range(data.num_users)]
-        cuts = [cut for cut in cuts if cut is not None]
-        counts = [follows[int(history[-1])].get(int(target), 0) for history, target in cuts]
-        top = sum(1 for (history, _), n in zip(cuts, counts) if n and n == max(follows[int(history[-1])].values()))
+        lasts = [(follows[int(history[-1])], int(target)) for _, history, target in cuts(data, split)]
+        counts = [nxt.get(target, 0) for nxt, target in lasts]
+        top = sum(1 for (nxt, _), n in zip(lasts, counts) if n and n == max(nxt.values()))
         seen = sum(1 for n in counts if n)
-        results[split] = {"seen": round(seen / len(cuts), 6), "top": round(top / len(cuts), 6),
+        results[split] = {"seen": round(seen / len(lasts), 6), "top": round(top / len(lasts), 6),
                           "once": round(sum(1 for n in counts if n == 1) / max(seen, 1), 6)}
     return results
 
