@@ -78,6 +78,7 @@ class NativeGLM(Backbone):
         max_sequence_length: int = 512,
         hidden_dropout: float = 0.1,
         attention_dropout: float = 0.1,
+        embedding_dropout: float | None = None,
         gradient_checkpointing: bool = False,
         checkpoint: str | None = None,
         dtype: DType = "float32",
@@ -90,8 +91,10 @@ class NativeGLM(Backbone):
             num_layers: number of transformer blocks (random init only).
             num_attention_heads: attention heads per block (random init only).
             max_sequence_length: rows of both position tables (random init only).
-            hidden_dropout: dropout on embeddings and block outputs.
+            hidden_dropout: dropout on block outputs, and on embeddings unless `embedding_dropout` is set.
             attention_dropout: dropout on attention probabilities (sdpa only).
+            embedding_dropout: dropout on the summed word and position embeddings (None: hidden_dropout); a lower
+                value keeps more of each item's embedding, which pair memory (item -> next item) relies on.
             gradient_checkpointing: recompute block activations in the backward pass to save memory.
             checkpoint: a THUDM GLM folder (config.json, .bin/.safetensors weights, tokenizer) or hub name;
                 sizes then come from its config.json.
@@ -104,7 +107,8 @@ class NativeGLM(Backbone):
         """
         self.sizes = dict(hidden_size=hidden_size, num_layers=num_layers, num_attention_heads=num_attention_heads,
                           max_sequence_length=max_sequence_length)
-        self.dropout = dict(hidden_dropout=hidden_dropout, attention_dropout=attention_dropout)
+        self.dropout = dict(hidden_dropout=hidden_dropout, attention_dropout=attention_dropout,
+                            embedding_dropout=embedding_dropout)
         self.gradient_checkpointing = gradient_checkpointing
         self.checkpoint = checkpoint
         self.dtype = dtype

@@ -69,6 +69,7 @@ def glm_config(folder: Path, **overrides: Any) -> GLMConfig:
         num_attention_heads=config["num_attention_heads"], max_sequence_length=config["max_sequence_length"] + 1,
         intermediate_size=config.get("intermediate_size"),
         hidden_dropout=config.get("output_dropout_prob", 0.1), attention_dropout=config.get("attention_dropout_prob", 0.1),
+        embedding_dropout=config.get("embedding_dropout_prob"),
         layernorm_epsilon=config.get("layernorm_epsilon", 1e-5), init_std=config.get("initializer_range", 0.02))
     return GLMConfig(**{**sizes, **overrides})
 
@@ -132,7 +133,7 @@ def save_glm(model: GLMModel, folder: Path) -> None:
               "relative_encoding": False, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
               "num_layers": c.num_layers, "num_attention_heads": c.num_attention_heads,
               "max_sequence_length": c.max_sequence_length - 1, "intermediate_size": c.intermediate_size,
-              "output_dropout_prob": c.hidden_dropout, "embedding_dropout_prob": c.hidden_dropout,
+              "output_dropout_prob": c.hidden_dropout, "embedding_dropout_prob": c.embedding_dropout,
               "attention_dropout_prob": c.attention_dropout, "layernorm_epsilon": c.layernorm_epsilon,
               "initializer_range": c.init_std}
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -62,6 +62,7 @@ class GLMConfig:
     intermediate_size: int | None = None
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
+    embedding_dropout: float | None = None
     layernorm_epsilon: float = 1e-5
     init_std: float = 0.02
 
@@ -69,6 +70,7 @@ class GLMConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
         self.intermediate_size = self.intermediate_size or 4 * self.hidden_size
+        self.embedding_dropout = self.hidden_dropout if self.embedding_dropout is None else self.embedding_dropout
 
 
 class GLMOutput(NamedTuple):
@@ -130,7 +132,7 @@ class GLMStack(nn.Module):
         super().__init__()
         self.position_embeddings = nn.Embedding(config.max_sequence_length, config.hidden_size)
         self.block_position_embeddings = nn.Embedding(config.max_sequence_length, config.hidden_size)
-        self.embedding_dropout = nn.Dropout(config.hidden_dropout)
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         self.layers = nn.ModuleList(GLMBlock(config) for _ in range(config.num_layers))
         self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
 

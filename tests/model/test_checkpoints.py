@@ -9,7 +9,7 @@ import torch
 
 from recsys_lightning.data.tokenizer import CLS, EOP, GMASK, MASK, SMASK, SOP, GLMTokens
 from recsys_lightning.model.backbones import NativeGLM
-from recsys_lightning.model.checkpoints import load_glm, save_glm
+from recsys_lightning.model.checkpoints import glm_config, load_glm, save_glm
 from recsys_lightning.model.layout import blank_infilling_mask
 from recsys_lightning.model.lora import LoRA
 from tests.conftest import make_glm
@@ -112,6 +112,12 @@ def test_native_glm_backbone_from_checkpoint_and_export_format_round_trip(tmp_pa
     save_glm(model, tmp_path / "export")
     torch.testing.assert_close(logits(load_glm(tmp_path / "export").eval(), batch), logits(model, batch))
 
+
+def test_exported_config_keeps_the_embedding_dropout_apart(tmp_path, tokenizer):
+    save_glm(make_glm(len(tokenizer), embedding_dropout=0.2), tmp_path / "export")
+    config = glm_config(tmp_path / "export")
+    assert (config.hidden_dropout, config.embedding_dropout) == (0.0, 0.2)
+    assert glm_config(tmp_path / "export", embedding_dropout=None).embedding_dropout == 0.0  # unset: hidden dropout
 
 def test_bf16_base_weights_train_fp32_lora_adapters(tmp_path, tokenizer, tokens):
     folder = write_thudm_checkpoint(tmp_path / "glm", make_glm(len(tokenizer)))

@@ -1,5 +1,6 @@
 import torch
 
+from recsys_lightning.model.glm import GLMConfig
 from recsys_lightning.model.layout import Blank, blank_infilling_mask, collate_infill, infill
 from tests.conftest import make_glm
 
@@ -75,3 +76,13 @@ def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, tokens):
         forward(model, batch).sum().backward()
         grads.append(model.transformer.layers[0].mlp.dense_h_to_4h.weight.grad)
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_embedding_dropout_is_set_apart_from_hidden_dropout(tokenizer, tokens):
+    assert GLMConfig(vocab_size=8, hidden_dropout=0.3).embedding_dropout == 0.3  # unset: the hidden dropout
+    model = make_glm(len(tokenizer), embedding_dropout=1.0).train()  # hidden dropout 0, every embedding dropped
+    base = layout(tokens, [10, 11, 12], [20, 21])
+    changed = {k: v.clone() for k, v in base.items()}
+    changed["input_ids"][0, 2] = 40
+    assert torch.equal(forward(model, changed), forward(model, base))  # the blocks see no token
+    assert not torch.equal(forward(model.eval(), changed), forward(model, base))
