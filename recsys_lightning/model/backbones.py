@@ -93,8 +93,8 @@ class NativeGLM(Backbone):
             max_sequence_length: rows of both position tables (random init only).
             hidden_dropout: dropout on block outputs, and on embeddings unless `embedding_dropout` is set.
             attention_dropout: dropout on attention probabilities (sdpa only).
-            embedding_dropout: dropout on the summed word and position embeddings (None: hidden_dropout); a lower
-                value keeps more of each item's embedding, which pair memory (item -> next item) relies on.
+            embedding_dropout: dropout on the summed word and position embeddings (None: hidden_dropout), to tune
+                the embeddings' regularization apart from the blocks' (docs/results.md measures .1 and .7).
             gradient_checkpointing: recompute block activations in the backward pass to save memory.
             checkpoint: a THUDM GLM folder (config.json, .bin/.safetensors weights, tokenizer) or hub name;
                 sizes then come from its config.json.

@@ -119,6 +119,7 @@ def test_exported_config_keeps_the_embedding_dropout_apart(tmp_path, tokenizer):
     assert (config.hidden_dropout, config.embedding_dropout) == (0.0, 0.2)
     assert glm_config(tmp_path / "export", embedding_dropout=None).embedding_dropout == 0.0  # unset: hidden dropout
 
+
 def test_bf16_base_weights_train_fp32_lora_adapters(tmp_path, tokenizer, tokens):
     folder = write_thudm_checkpoint(tmp_path / "glm", make_glm(len(tokenizer)))
     (folder / "tokenizer.json").write_text(tokenizer.backend_tokenizer.to_str())
