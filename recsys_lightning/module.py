@@ -44,6 +44,7 @@ class RecSysLLM(L.LightningModule):
         score_end: bool = True,
         compile: bool = False,
         decode_float32: bool = False,
+        label_smoothing: float = 0.0,
     ) -> None:
         """
         Args:
@@ -61,8 +62,12 @@ class RecSysLLM(L.LightningModule):
                 fused GPU kernels; evaluation and prediction decode with the eager network.
             decode_float32: decode (validation, test, predict) with autocast off, in the float32 weights, under a
                 `bf16-mixed` trainer: bf16 logits reorder near-tied items, so metrics move by a few hits.
+            label_smoothing: mass of each Part B target spread over the whole vocabulary in the training loss
+                (`F.cross_entropy`), a regularizer of the output layer that dropout does not reach.
         """
         super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
         self.backbone = backbone or NativeGLM()
         self.lora = lora
         self.save_hyperparameters()  # under LightningCLI: the given config (class_path dicts), so it reloads
@@ -113,7 +118,8 @@ class RecSysLLM(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if self.hparams.compile:  # the Part B target count varies by step: one dynamic graph, not one per count
             torch._dynamo.mark_dynamic(batch["target_positions"], 0)
-        loss = F.cross_entropy(self(batch).float(), batch["targets"], ignore_index=IGNORE)
+        loss = F.cross_entropy(self(batch).float(), batch["targets"], ignore_index=IGNORE,
+                               label_smoothing=self.hparams.label_smoothing)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
