@@ -52,15 +52,14 @@ def test_compiled_training_step_is_one_graph_for_every_part_b_target_count(token
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
-
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # training_step outside a Trainer
 def test_label_smoothing_spreads_part_b_targets_over_the_vocabulary(tokenizer, tokens):
     module = RecSysLLM(NativeGLM(hidden_dropout=0.0, attention_dropout=0.0), label_smoothing=0.1)
     module.tokenizer = tokenizer
     module.configure_model()
     batch = collate_packed([samples(tokens, 6)], tokens.pad)
-    targets = batch["targets"][batch["targets"] != IGNORE]
-    log_p = module(batch)[batch["targets"] != IGNORE].log_softmax(-1)
+    part_b = batch["targets"] != IGNORE
+    targets, log_p = batch["targets"][part_b], module(batch)[part_b].log_softmax(-1)
     nll, uniform = -log_p.gather(1, targets[:, None]).mean(), -log_p.mean()
     loss = module.training_step(batch, 0)
     assert loss.item() == pytest.approx((0.9 * nll + 0.1 * uniform).item(), abs=1e-5)
@@ -70,6 +69,7 @@ def test_label_smoothing_spreads_part_b_targets_over_the_vocabulary(tokenizer, t
 def test_label_smoothing_outside_zero_to_one_is_refused_before_training():
     with pytest.raises(ValueError, match="model.label_smoothing"):
         RecSysLLM(label_smoothing=1.0)
+
 
 class AutocastProbe:
     """A family stand-in that records whether bf16 autocast is on while it decodes."""
