@@ -46,10 +46,22 @@ def next_item_request(index: ItemIndex, user: int, history: list[int], target: i
     )
 
 
+def crop_window(length: int, *keys: object) -> tuple[int, int]:
+    """A seeded random contiguous window [start, stop) of at least two items of a sequence of `length` items."""
+    rng = np.random.default_rng(seeded_hash(*keys))
+    size = int(rng.integers(2, length + 1))
+    start = int(rng.integers(0, length - size + 1))
+    return start, start + size
+
+
 def next_item_requests(data: RecData, index: ItemIndex, split: str, max_history: int, train_negatives: int,
-                       eval_negatives: int, seed: int, every_window: bool = True) -> Iterator[Request]:
+                       eval_negatives: int, seed: int, every_window: bool = True, crops: int = 0
+                       ) -> Iterator[Request]:
     """Leave-one-out requests: every prefix window of the training part (or, without `every_window`, only the
     longest: the whole training part), or each user's validation/test item.
+
+    In training, `crops` more requests a user cut from seeded random windows of the training part (`crop_window`),
+    so a causal row also learns each item from short contexts that start anywhere, not only at the first item.
 
     Training negatives come from the items seen in training (in raw-id order) and avoid only the items up to the
     target, so no held-out item shapes a training prompt; evaluation negatives are the protocol's: items the
@@ -71,6 +83,11 @@ def next_item_requests(data: RecData, index: ItemIndex, split: str, max_history:
             negatives = sample_items(pool, set(sequence[: t + 1]), train_negatives, seed, data.users[user], t)
             yield next_item_request(index, user, sequence[:t], sequence[t], negatives, max_history, seed,
                                     data.users[user], t)
+        for k in range(crops if len(sequence) > 1 else 0):
+            start, stop = crop_window(len(sequence), seed, "crop", data.users[user], k)
+            negatives = sample_items(pool, set(sequence[:stop]), train_negatives, seed, data.users[user], "crop", k)
+            yield next_item_request(index, user, sequence[start:stop - 1], sequence[stop - 1], negatives,
+                                    max_history, seed, data.users[user], "crop", k)
 
 
 def review_rows(data: RecData, split: str, seed: int) -> Iterator[int]:

@@ -31,7 +31,8 @@ class Sequential(TaskFamily):
     meta_columns = ("user_id", "target_item", "seen_items")
 
     def __init__(self, weight: float = 1.0, max_history: int = 20, exclude_history: bool = True,
-                 num_candidates: int = 20, ks: tuple[int, ...] = (5, 10), every_window: bool = True) -> None:
+                 num_candidates: int = 20, ks: tuple[int, ...] = (5, 10), every_window: bool = True,
+                 crops: int = 0) -> None:
         """
         Args:
             weight: sampling weight in the training mix.
@@ -40,21 +41,24 @@ class Sequential(TaskFamily):
             num_candidates: items listed by candidate templates (the next item among sampled ones).
             ks: cut-offs of HR@k and NDCG@k.
             every_window: train on every prefix window of a user's training part; False: on the whole part only.
+            crops: extra training requests a user, each a seeded random window of the training part (at least
+                two items), so every item is also predicted from short contexts (measured in docs/results.md).
         """
         super().__init__(weight)
-        if max_history < 1 or num_candidates < 2:
-            raise ValueError(f"sequential: need max_history >= 1 and num_candidates >= 2, got {max_history}, "
-                             f"{num_candidates}")
+        if max_history < 1 or num_candidates < 2 or crops < 0:
+            raise ValueError(f"sequential: need max_history >= 1, num_candidates >= 2 and crops >= 0, got "
+                             f"{max_history}, {num_candidates}, {crops}")
         self.max_history = max_history
         self.exclude_history = exclude_history
         self.num_candidates = num_candidates
         self.ks = tuple(sorted(ks))
         self.every_window = every_window
+        self.crops = crops
 
     def requests(self, data: RecData, split: str) -> Iterator[Request]:
         negatives = self.num_candidates - 1
         return next_item_requests(data, self.ctx.index, split, self.max_history, negatives, negatives, self.ctx.seed,
-                                  self.every_window)
+                                  self.every_window, self.crops)
 
     def evaluates(self, template: Template) -> bool:
         return template.target == "item" and "candidates" not in template.slots

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from recsys_lightning.data.datamodule import RecDataModule, TaskSpec
 from recsys_lightning.data.splits import leave_one_out
 from recsys_lightning.model.layout import IGNORE
+from tasks.sequential import Sequential
 
 
 def test_one_causal_row_per_user_predicts_every_training_item_and_decoding_is_given_the_history(tiny_reviews):
@@ -27,3 +30,33 @@ def test_one_causal_row_per_user_predicts_every_training_item_and_decoding_is_gi
     for row in test:  # the test item follows the whole history (training and validation items) in Part B
         assert row["input_ids"] == [tokens.cls, min(tokens.masks), tokens.eos]
         assert row["part_b_ids"] == item_token[data.sequence(row["user_id"])[:-1][-50:]].tolist()
+
+
+def test_crops_add_seeded_contiguous_windows_of_the_training_part(tiny_reviews):
+    def train_rows(crops: int) -> tuple[RecDataModule, list[list[int]]]:
+        spec = TaskSpec("sequential", options={"max_history": 50, "every_window": False, "crops": crops},
+                        prompts="variants/sequential_id_only_causal.yaml")
+        dm = RecDataModule(tasks=[spec], root=str(tiny_reviews), item_index="atomic", vocab_size=400,
+                           max_length=128, cache_dir=None)
+        dm.setup("fit")
+        return dm, [[t for t in row["labels"] if t != IGNORE] for row in dm._train[0]]
+
+    _, plain = train_rows(0)
+    dm, rows = train_rows(2)
+    assert rows == train_rows(2)[1]  # the windows are seeded: the same rows every build
+    eop = dm.tokens.eop
+    position, windows = 0, 0
+    for whole in plain:  # per user: the whole training part, as without crops, then its two windows
+        assert rows[position] == whole
+        training = whole[:-1]
+        spans = {tuple(training[i:j]) for i in range(len(training)) for j in range(i + 2, len(training) + 1)}
+        for labels in rows[position + 1: position + (3 if len(training) > 1 else 1)]:
+            assert labels[-1] == eop and tuple(labels[:-1]) in spans  # a window of two items or more
+            windows += 1
+        position += 3 if len(training) > 1 else 1
+    assert windows > 0 and position == len(rows)
+
+
+def test_crops_must_not_be_negative(tiny_reviews):
+    with pytest.raises(ValueError, match="crops >= 0"):
+        Sequential(crops=-1)
