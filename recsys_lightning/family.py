@@ -87,6 +87,8 @@ class TaskFamily(ABC):
     entity_slots: ClassVar[frozenset[str]] = frozenset()
     # Metadata columns (beside the tokens) that `collate` turns into tensors or keeps as lists.
     meta_columns: ClassVar[tuple[str, ...]] = ()
+    # Options that change only decoding, not the built rows: left out of the data cache key.
+    decoding_options: ClassVar[frozenset[str]] = frozenset()
     # Training layout: None blanks each template's target slot; a `Masking` lays out the whole filled template
     # as entity-level blanks (whole entities, Poisson spans of other text, ~ratio of the tokens).
     masking: Masking | None = None

@@ -24,19 +24,15 @@ import torch
 
 from recsys_lightning.data.adapters import load_dataset
 from recsys_lightning.data.schema import RecData
-from recsys_lightning.data.splits import leave_one_out, training_sequences
+from recsys_lightning.data.splits import leave_one_out
+from recsys_lightning.data.transitions import Transitions
 from recsys_lightning.metrics import ranking_metrics, update_ranking
 
 
 def transition_counts(data: RecData) -> tuple[list[dict[int, int]], np.ndarray]:
     """Per item, the counts of the items that follow it, and every item's count, over the training parts."""
-    follows: list[dict[int, int]] = [{} for _ in range(data.num_items)]
-    popularity = np.zeros(data.num_items, dtype=np.int64)
-    for sequence in training_sequences(data):
-        np.add.at(popularity, sequence, 1)
-        for item, nxt in zip(sequence[:-1].tolist(), sequence[1:].tolist()):
-            follows[item][nxt] = follows[item].get(nxt, 0) + 1
-    return follows, popularity
+    table = Transitions(data)
+    return [table.followers(item) for item in range(data.num_items)], table.popularity.long().numpy()
 
 
 def cuts(data: RecData, split: str) -> Iterator[tuple[int, np.ndarray, int]]:

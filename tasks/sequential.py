@@ -6,12 +6,14 @@ yes/no about a probe item add training signal.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterator
 
 import torch
 from torchmetrics import Metric
 
 from recsys_lightning.data.schema import RecData
+from recsys_lightning.data.transitions import Transitions
 from recsys_lightning.family import Request, TaskFamily
 from recsys_lightning.generation.generator import Generator
 from recsys_lightning.metrics import ranking_metrics, update_ranking
@@ -29,10 +31,11 @@ class Sequential(TaskFamily):
     slots = frozenset({"user", "history", "item", "candidates", "probe", "answer"})
     entity_slots = frozenset({"user", "history", "item", "candidates", "probe"})
     meta_columns = ("user_id", "target_item", "seen_items")
+    decoding_options = frozenset({"transition_prior", "prior_smoothing"})
 
     def __init__(self, weight: float = 1.0, max_history: int = 20, exclude_history: bool = True,
                  num_candidates: int = 20, ks: tuple[int, ...] = (5, 10), every_window: bool = True,
-                 crops: int = 0) -> None:
+                 crops: int = 0, transition_prior: float = 0.0, prior_smoothing: float = 1.0) -> None:
         """
         Args:
             weight: sampling weight in the training mix.
@@ -43,17 +46,26 @@ class Sequential(TaskFamily):
             every_window: train on every prefix window of a user's training part; False: on the whole part only.
             crops: extra training requests a user, each a seeded random window of the training part (at least
                 two items), so every item is also predicted from short contexts (measured in docs/results.md).
+            transition_prior: weight of a first-order Markov prior added to the model's item scores in decoding:
+                `weight * log p(item | the history's last item)`, counted over the training parts
+                (`data/transitions.py`); 0 ranks by the model alone.
+            prior_smoothing: pseudo-count of that prior, spread over the items by their training frequency.
         """
         super().__init__(weight)
         if max_history < 1 or num_candidates < 2 or crops < 0:
             raise ValueError(f"sequential: need max_history >= 1, num_candidates >= 2 and crops >= 0, got "
                              f"{max_history}, {num_candidates}, {crops}")
+        if transition_prior < 0 or prior_smoothing <= 0:
+            raise ValueError(f"sequential: need transition_prior >= 0 and prior_smoothing > 0, got "
+                             f"{transition_prior}, {prior_smoothing}")
         self.max_history = max_history
         self.exclude_history = exclude_history
         self.num_candidates = num_candidates
         self.ks = tuple(sorted(ks))
         self.every_window = every_window
         self.crops = crops
+        self.transition_prior = transition_prior
+        self.prior_smoothing = prior_smoothing
 
     def requests(self, data: RecData, split: str) -> Iterator[Request]:
         negatives = self.num_candidates - 1
@@ -74,7 +86,16 @@ class Sequential(TaskFamily):
             exclude = torch.zeros(len(batch["seen_items"]), trie.num_items, dtype=torch.bool, device=device)
             for row, items in enumerate(batch["seen_items"]):
                 exclude[row, items] = True
-        return generator.rank_items(batch, trie, self.ks[-1], exclude)
+        bias = None
+        if self.transition_prior:
+            last = torch.tensor([items[-1] for items in batch["seen_items"]])
+            bias = self.transition_prior * self.transitions.log_prior(last, self.prior_smoothing).to(device)
+        return generator.rank_items(batch, trie, self.ks[-1], exclude, bias)
+
+    @functools.cached_property
+    def transitions(self) -> Transitions:
+        """Item -> next item counts over the training parts, for the transition prior."""
+        return Transitions(self.ctx.data)
 
     def evaluate(self, generator: Generator, batch: dict[str, Any], metrics: dict[str, Metric]) -> None:
         ranked, _ = self._rank(generator, batch)

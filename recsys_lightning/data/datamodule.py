@@ -178,7 +178,8 @@ class RecDataModule(L.LightningDataModule):
     def _cache_key(self, root: Path) -> dict[str, Any]:
         """Everything that changes the built rows: data files, config, family code and prompts, our code."""
         hp = self.hparams
-        families = [{"name": f.name, "options": spec["options"], "source": files_hash([Path(f.source)]),
+        families = [{"name": f.name, "source": files_hash([Path(f.source)]),
+                     "options": {k: v for k, v in spec["options"].items() if k not in f.decoding_options},
                      "prompts": files_hash([f.prompts.path])} for f, spec in zip(self.families, hp.tasks)]
         return {"root": str(root.resolve()), "files": data_fingerprint(root), "format": hp.format,
                 "item_index": hp.item_index, "seed": hp.seed, "textualize": self.data.templates,

@@ -42,12 +42,15 @@ def trie_beam_search(
     exclude: torch.Tensor | None = None,
     part_b_ids: torch.Tensor | None = None,
     score_end: bool = True,
+    item_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k items (B, k) and their log-likelihoods for each Part A prompt; -1 / -inf pad short lists.
 
-    `exclude` (B, num_items) bool removes items per request (the user's history, say); `part_b_ids` (B, P), -1
-    padded, opens each blank with given tokens that the item follows (see `PartA.encode`). Without `score_end`
-    an item's likelihood leaves out its end token (a prefix-free Trie's items end where their tokens do).
+    `part_b_ids` (B, P), -1 padded, opens each blank with given tokens that the item follows (see `PartA.encode`).
+    Without `score_end` an item's likelihood leaves out its end token (a prefix-free Trie's items end where their
+    tokens do). `exclude` (B, num_items) bool removes items per request (the user's history, say) and `item_bias`
+    (B, num_items) adds a score per item (a prior, say); both act at the token that decides the item
+    (`ItemTrie.sole_items`), so beams are pruned with them already counted: exact for atomic ids.
     """
     device = input_ids.device
     b = input_ids.shape[0]
@@ -71,9 +74,14 @@ def trie_beam_search(
         log_probs = log_probs_of(logits, child_tok.clamp(min=0))
         cand = scores[..., None] + (log_probs if score_end else log_probs.masked_fill(item >= 0, 0.0))
         cand = cand.masked_fill(child_tok < 0, NEG)
-        if exclude is not None:
-            banned = exclude[batch, item.clamp(min=0).view(b, -1)].view_as(item)
-            cand = cand.masked_fill((item >= 0) & banned, NEG)
+        if item_bias is not None or exclude is not None:
+            decided = _decided_items(trie, depth, rows, child_row, item).view(b, -1)
+            if item_bias is not None:
+                bias = item_bias.gather(1, decided.clamp(min=0)).masked_fill(decided < 0, 0.0)
+                cand = cand + bias.view_as(cand)
+            if exclude is not None:
+                banned = exclude.gather(1, decided.clamp(min=0)) & (decided >= 0)
+                cand = cand.masked_fill(banned.view_as(cand), NEG)
         cand, child_tok, child_row, item = (t.view(b, -1) for t in (cand, child_tok, child_row, item))
         keep = min(beam_size, cand.shape[1])
 
@@ -92,3 +100,13 @@ def trie_beam_search(
         rows = child_row.gather(1, choice).clamp(min=0)
     pool_items = pool_items.masked_fill(torch.isinf(pool_scores), -1)
     return pool_items, pool_scores
+
+
+
+def _decided_items(trie: ItemTrie, depth: int, rows: torch.Tensor, child_row: torch.Tensor, item: torch.Tensor
+                   ) -> torch.Tensor:
+    """The item each child (B, W, C) of the beams' nodes `rows` decides: its token leaves one item below a node
+    with several (`ItemTrie.sole_items`); -1 for the others. Atomic ids are decided by their one token."""
+    below = trie.sole_items[depth + 1][child_row.clamp(min=0)] if depth + 1 < len(trie.sole_items) else item
+    child_item = torch.where(item >= 0, item, below.masked_fill(child_row < 0, -1))
+    return child_item.masked_fill((trie.sole_items[depth][rows] >= 0)[..., None], -1)

@@ -27,11 +27,13 @@ class Generator:
         self.score_end = score_end
 
     def rank_items(self, batch: dict[str, Any], trie: ItemTrie, top_k: int,
-                   exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The top-k items of the Trie for each prompt, best first, with their log-likelihoods."""
+                   exclude: torch.Tensor | None = None, item_bias: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-k items of the Trie for each prompt, best first, with their log-likelihoods (plus `item_bias`,
+        (B, num_items), where given)."""
         return trie_beam_search(self.model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie,
                                 self.tokens.sop, max(self.beam_size, top_k), top_k, exclude, batch.get("part_b_ids"),
-                                self.score_end)
+                                self.score_end, item_bias)
 
     def score_candidates(self, batch: dict[str, Any], candidates: torch.Tensor, score_end: bool = True
                          ) -> torch.Tensor:

@@ -31,6 +31,8 @@ class ItemTrie:
     row at depth d + 1 (-1 when the token ends an item), and `items[d][n, c]` the item it ends (else -1).
     `item_tokens` (num_items, depth - 1) holds each item's sequence without the end token, -1 padded.
     `prefix_free` says no item's sequence begins another's, so an item ends where its tokens do, end token or not.
+    `sole_items[d][n]` is the one item below node n of depth d, or -1 where several are: the first node at which
+    a beam's item is decided (one token deep for atomic ids), where a per-item score can be added exactly.
     """
 
     def __init__(self, sequences: Sequence[Sequence[int]], end_token: int) -> None:
@@ -55,6 +57,21 @@ class ItemTrie:
             self.nodes.append(tables[1])
             self.items.append(tables[2])
         self.item_tokens = _padded([[(t,) for t in seq] for seq in sequences], 1)[0]
+        self.sole_items = self._sole_items(sequences, levels)
+
+    @staticmethod
+    def _sole_items(sequences: Sequence[Sequence[int]], levels: list[list[list[tuple[int, int, int]]]]
+                    ) -> list[torch.Tensor]:
+        """Per depth, per node row: the only item whose sequence passes through the node, else -1."""
+        child = [{(row, tok): nxt for row, node in enumerate(level) for tok, nxt, _ in node} for level in levels]
+        sole = [[-2] * len(level) for level in levels]  # -2: no item seen below the node yet
+        for item, seq in enumerate(sequences):
+            row = 0
+            for depth in range(len(seq) + 1):
+                sole[depth][row] = item if sole[depth][row] == -2 else -1
+                if depth < len(seq):
+                    row = child[depth][row, seq[depth]]
+        return [torch.tensor(level, dtype=torch.long) for level in sole]
 
     @staticmethod
     def _levels(sequences: Sequence[Sequence[int]], end_token: int) -> list[list[list[tuple[int, int, int]]]]:
@@ -78,7 +95,7 @@ class ItemTrie:
 
     def to(self, device: torch.device | str) -> ItemTrie:
         """Move the tables to `device` (in place) and return self."""
-        for name in ("tokens", "nodes", "items"):
+        for name in ("tokens", "nodes", "items", "sole_items"):
             setattr(self, name, [t.to(device) for t in getattr(self, name)])
         self.item_tokens = self.item_tokens.to(device)
         return self

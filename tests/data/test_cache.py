@@ -128,3 +128,14 @@ def test_num_proc_builds_the_same_rows(tmp_path):
     one.setup("fit")
     two.setup("fit")
     assert one._train[0].to_list() == two._train[0].to_list() and len(one._train[0]) > 1000
+
+
+def test_decoding_options_share_the_key_of_the_rows_they_decode(tiny_reviews, tmp_path):
+    def key(**options) -> Path:
+        dm = module(tiny_reviews, tmp_path / "cache", tasks=[TaskSpec("sequential", options=options)])
+        dm.load()
+        return dm.cache.folder
+
+    base = key()
+    assert key(transition_prior=0.5, prior_smoothing=2.0) == base  # decoding only: the same rows
+    assert key(crops=1) != base

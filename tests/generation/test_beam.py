@@ -99,3 +99,34 @@ def test_small_catalog_pads_with_minus_one(tokenizer, tokens):
                                       tokens.sop, beam_size=4, top_k=5)
     assert sorted(ranked[0, :2].tolist()) == [0, 1]
     assert ranked[0, 2:].tolist() == [-1, -1, -1] and torch.isinf(scores[0, 2:]).all()
+
+
+def test_item_bias_is_added_where_the_item_is_decided_exact_for_a_narrow_beam_on_atomic_ids(tokenizer, tokens):
+    model = make_glm(len(tokenizer), seed=5)
+    items = [[t] for t in range(20, 60)]  # atomic ids: the first token decides the item
+    trie = ItemTrie(items, tokens.eop)
+    rows, batch = part_a_batch(tokens)
+    bias = torch.randn(2, len(items), generator=torch.Generator().manual_seed(5)) * 3
+    ranked, scores = trie_beam_search(model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie,
+                                      tokens.sop, beam_size=10, top_k=10, item_bias=bias)
+    for b, row in enumerate(rows):
+        top = (brute_force_scores(model, row["input_ids"], row["mask_index"], items, tokens) + bias[b]).topk(10)
+        assert ranked[b].tolist() == top.indices.tolist()  # a beam of 10 finds the biased top 10 of 40
+        assert torch.allclose(scores[b], top.values, atol=1e-4)
+    plain, _ = trie_beam_search(model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie, tokens.sop,
+                                10, 10)
+    assert plain.tolist() != ranked.tolist()
+
+
+def test_item_bias_on_shared_prefixes_counts_once_per_item(tokenizer, tokens):
+    model = make_glm(len(tokenizer), seed=6)
+    items = random_catalog(40, seed=6)
+    trie = ItemTrie(items, tokens.eop)
+    rows, batch = part_a_batch(tokens)
+    bias = torch.randn(2, len(items), generator=torch.Generator().manual_seed(6))
+    ranked, scores = trie_beam_search(model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie,
+                                      tokens.sop, beam_size=len(items), top_k=10, item_bias=bias)
+    for b, row in enumerate(rows):
+        top = (brute_force_scores(model, row["input_ids"], row["mask_index"], items, tokens) + bias[b]).topk(10)
+        assert ranked[b].tolist() == top.indices.tolist()
+        assert torch.allclose(scores[b], top.values, atol=1e-4)

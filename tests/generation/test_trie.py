@@ -55,3 +55,11 @@ def test_tables_are_padded_per_depth_not_to_the_widest_node():
 def test_bad_catalogs_are_rejected(seqs, match):
     with pytest.raises(ValueError, match=match):
         ItemTrie(seqs, EOP)
+
+
+def test_sole_items_name_the_node_where_each_item_is_decided():
+    trie = ItemTrie([[5, 6], [5, 7], [8], [5, 7, 9]], end_token=4)
+    assert trie.sole_items[0].tolist() == [-1]  # the root: every item
+    assert trie.sole_items[1].tolist() == [-1, 2]  # after 5: items 0, 1, 3; after 8: item 2
+    assert trie.sole_items[2].tolist() == [0, -1]  # after 5 6: item 0; after 5 7: items 1 and 3
+    assert trie.sole_items[3].tolist() == [3]  # after 5 7 9: item 3

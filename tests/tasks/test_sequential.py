@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from recsys_lightning.data.datamodule import RecDataModule, TaskSpec
 from recsys_lightning.data.splits import leave_one_out
+from recsys_lightning.data.transitions import Transitions
+from recsys_lightning.generation.generator import Generator
 from recsys_lightning.model.layout import IGNORE
 from tasks.sequential import Sequential
+from tests.conftest import make_glm
 
 
 def test_one_causal_row_per_user_predicts_every_training_item_and_decoding_is_given_the_history(tiny_reviews):
@@ -60,3 +64,33 @@ def test_crops_add_seeded_contiguous_windows_of_the_training_part(tiny_reviews):
 def test_crops_must_not_be_negative(tiny_reviews):
     with pytest.raises(ValueError, match="crops >= 0"):
         Sequential(crops=-1)
+
+
+def test_transition_prior_adds_the_markov_log_prior_of_the_last_item_to_the_ranking(tiny_reviews):
+    spec = TaskSpec("sequential", options={"max_history": 50, "every_window": False},
+                    prompts="variants/sequential_id_only_causal.yaml")
+    dm = RecDataModule(tasks=[spec], root=str(tiny_reviews), item_index="atomic", vocab_size=400, max_length=128,
+                       cache_dir=None)
+    dm.setup("test")
+    family, batch = dm.families[0], next(iter(dm.test_dataloader()[0]))
+    generator = Generator(make_glm(len(dm.tokenizer)), dm.tokens, beam_size=10, score_end=False)
+    plain, plain_scores = family._rank(generator, batch)
+    family.transition_prior, family.prior_smoothing = 0.7, 0.5
+    ranked, scores = family._rank(generator, batch)
+    last = torch.tensor([items[-1] for items in batch["seen_items"]])
+    prior = Transitions(dm.data).log_prior(last, 0.5)
+    everything = generator.score_items(batch, family.ctx.item_trie.item_tokens.expand(len(last), -1, -1))
+    for row, items in enumerate(batch["seen_items"]):
+        fused = everything[row] + 0.7 * prior[row]
+        fused[items] = float("-inf")  # the history is excluded, as without the prior
+        top = fused.topk(10)
+        assert ranked[row].tolist() == top.indices.tolist()
+        assert torch.allclose(scores[row], top.values, atol=1e-4)
+    assert ranked.tolist() != plain.tolist()
+
+
+def test_transition_prior_must_not_be_negative():
+    with pytest.raises(ValueError, match="transition_prior >= 0 and prior_smoothing > 0"):
+        Sequential(transition_prior=-1.0)
+    with pytest.raises(ValueError, match="transition_prior >= 0 and prior_smoothing > 0"):
+        Sequential(prior_smoothing=0.0)
