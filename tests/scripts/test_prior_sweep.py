@@ -14,7 +14,7 @@ TASKS = "[{name: sequential, options: {transition_prior: PRIOR}}]"
 # A stand-in for recsys-lightning: logs each call, prints validation NDCG@10 from a table keyed by the weight.
 FAKE_CLI = """#!/usr/bin/env bash
 echo "$*" >> "{log}"
-weight=$(echo "$3" | sed 's/.*transition_prior: \\([0-9.]*\\).*/\\1/')
+weight=$(echo "${@: -1}" | sed 's/.*transition_prior: \\([0-9.]*\\).*/\\1/')
 case "$1:$weight" in
   validate:0) echo "│ val/sequential/ndcg@10 │ 0.050 │" ;;
   validate:1) echo "│ val/sequential/ndcg@10 │ 0.070 │" ;;
@@ -41,7 +41,7 @@ def test_the_weight_of_the_best_validation_ndcg_is_tested(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "PRIOR 1 VAL_NDCG10 0.070" in done.stdout and "CHOSEN 1" in done.stdout
     assert done.stdout.strip().endswith("tested at 1")
-    assert calls[-1] == "test --data.tasks [{name: sequential, options: {transition_prior: 1}}] --ckpt_path best.ckpt"
+    assert calls[-1] == "test --ckpt_path best.ckpt --data.tasks [{name: sequential, options: {transition_prior: 1}}]"
 
 
 @pytest.mark.parametrize(("weights", "message"), [("0 9", "boom: bad checkpoint"),
