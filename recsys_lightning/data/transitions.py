@@ -28,9 +28,13 @@ class Transitions:
         self.counts = torch.from_numpy(counts).double()
         self.num_items = n
 
+    def _span(self, item: int) -> slice:
+        """Where `item`'s followers lie in `columns` and `counts`."""
+        return slice(int(self.row_starts[item]), int(self.row_starts[item + 1]))
+
     def followers(self, item: int) -> dict[int, int]:
         """The items seen right after `item` in training, with how often."""
-        span = slice(int(self.row_starts[item]), int(self.row_starts[item + 1]))
+        span = self._span(item)
         return dict(zip(self.columns[span].tolist(), self.counts[span].long().tolist()))
 
     def log_prior(self, last_items: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -38,11 +42,12 @@ class Transitions:
         items' training frequencies, so an item never seen after i keeps a popularity-shaped floor."""
         if smoothing <= 0:
             raise ValueError(f"transition prior smoothing must be > 0, got {smoothing}")
-        floor = smoothing * self.popularity.clamp(min=1) / self.popularity.clamp(min=1).sum()
+        frequency = self.popularity.clamp(min=1)
+        floor = smoothing * frequency / frequency.sum()
         prior = floor.expand(len(last_items), -1).clone()
         totals = torch.empty(len(last_items), dtype=torch.float64)
         for row, item in enumerate(last_items.tolist()):
-            span = slice(int(self.row_starts[item]), int(self.row_starts[item + 1]))
+            span = self._span(item)
             prior[row, self.columns[span]] += self.counts[span]
             totals[row] = self.counts[span].sum()
         return (prior.log() - (totals + smoothing).log()[:, None]).float()

@@ -102,7 +102,6 @@ def trie_beam_search(
     return pool_items, pool_scores
 
 
-
 def _decided_items(trie: ItemTrie, depth: int, rows: torch.Tensor, child_row: torch.Tensor, item: torch.Tensor
                    ) -> torch.Tensor:
     """The item each child (B, W, C) of the beams' nodes `rows` decides: its token leaves one item below a node

@@ -14,11 +14,16 @@ from tasks.sequential import Sequential
 from tests.conftest import make_glm
 
 
-def test_one_causal_row_per_user_predicts_every_training_item_and_decoding_is_given_the_history(tiny_reviews):
-    spec = TaskSpec("sequential", options={"max_history": 50, "every_window": False},
+def causal_module(root, **options) -> RecDataModule:
+    """The sequential family alone on its causal ID-only prompt, atomic ids, histories of up to 50 items."""
+    spec = TaskSpec("sequential", options={"max_history": 50, "every_window": False, **options},
                     prompts="variants/sequential_id_only_causal.yaml")
-    dm = RecDataModule(tasks=[spec], root=str(tiny_reviews), item_index="atomic", vocab_size=400, max_length=128,
-                       cache_dir=None)
+    return RecDataModule(tasks=[spec], root=str(root), item_index="atomic", vocab_size=400, max_length=128,
+                         cache_dir=None)
+
+
+def test_one_causal_row_per_user_predicts_every_training_item_and_decoding_is_given_the_history(tiny_reviews):
+    dm = causal_module(tiny_reviews)
     dm.setup("fit")
     dm.setup("test")
     data, tokens, item_token = dm.data, dm.tokens, dm.families[0].ctx.item_trie.item_tokens[:, 0]
@@ -38,10 +43,7 @@ def test_one_causal_row_per_user_predicts_every_training_item_and_decoding_is_gi
 
 def test_crops_add_seeded_contiguous_windows_of_the_training_part(tiny_reviews):
     def train_rows(crops: int) -> tuple[RecDataModule, list[list[int]]]:
-        spec = TaskSpec("sequential", options={"max_history": 50, "every_window": False, "crops": crops},
-                        prompts="variants/sequential_id_only_causal.yaml")
-        dm = RecDataModule(tasks=[spec], root=str(tiny_reviews), item_index="atomic", vocab_size=400,
-                           max_length=128, cache_dir=None)
+        dm = causal_module(tiny_reviews, crops=crops)
         dm.setup("fit")
         return dm, [[t for t in row["labels"] if t != IGNORE] for row in dm._train[0]]
 
@@ -67,10 +69,7 @@ def test_crops_must_not_be_negative(tiny_reviews):
 
 
 def test_transition_prior_adds_the_markov_log_prior_of_the_last_item_to_the_ranking(tiny_reviews):
-    spec = TaskSpec("sequential", options={"max_history": 50, "every_window": False},
-                    prompts="variants/sequential_id_only_causal.yaml")
-    dm = RecDataModule(tasks=[spec], root=str(tiny_reviews), item_index="atomic", vocab_size=400, max_length=128,
-                       cache_dir=None)
+    dm = causal_module(tiny_reviews)
     dm.setup("test")
     family, batch = dm.families[0], next(iter(dm.test_dataloader()[0]))
     generator = Generator(make_glm(len(dm.tokenizer)), dm.tokens, beam_size=10, score_end=False)
