@@ -3,11 +3,14 @@ docs/results.md: leave-one-out, the whole catalog ranked, HR@5 / NDCG@5 / HR@10 
 
 It reads the dataset with the trainer's own adapter and split, counts item -> next item over the training
 part of every sequence (all but the last two items), and ranks every item by its count after the
-history's last item, ties broken by training popularity. It says how much of a split's score a model can
-reach from the last item alone, and whether a gap between validation and test is in the data; its
-`followers` block says how often a split's target followed the history's last item in training at all.
+history's last item, ties broken by training popularity (the smoothed p(item | last item) of
+`data/transitions.py`); `--context c --decay d` ranks by that p mixed over the history's last c items, and
+`--window w` counts an item up to w steps after another (weighted d per step). It says how much of a split's
+score a model can reach from the last item alone, and whether a gap between validation and test is in the data;
+its `followers` block says how often a split's target followed the history's last item in training at all.
 
     python scripts/transition_baseline.py --root ../shared/data/toys --out docs/results/toys_transition.json
+    python scripts/transition_baseline.py --root ../shared/data/toys --context 5 --decay 0.3 --window 2 --out ...
 """
 
 from __future__ import annotations
@@ -43,27 +46,26 @@ def cuts(data: RecData, split: str) -> Iterator[tuple[int, np.ndarray, int]]:
             yield user, cut[0], cut[1]
 
 
-def rank(history: np.ndarray, follows: list[dict[int, int]], popularity: np.ndarray, k: int,
-         exclude_history: bool) -> torch.Tensor:
-    """The `k` best items after `history`: transition count from its last item, then popularity."""
-    scores = torch.from_numpy(popularity / (popularity.max() + 1.0))
-    nxt = follows[int(history[-1])]
-    if nxt:
-        scores[list(nxt)] += torch.tensor(list(nxt.values()), dtype=scores.dtype)
+def rank(history: np.ndarray, table: Transitions, k: int, exclude_history: bool, context: int = 1,
+         decay: float = 1.0) -> torch.Tensor:
+    """The `k` best items after `history` by p(item | its last `context` items): with one, transition count from
+    the last item, then popularity."""
+    scores = table.log_prior([history.tolist()], 1.0, context, decay)[0]
     if exclude_history:
-        scores[torch.from_numpy(history)] = -1.0
+        scores[torch.from_numpy(history)] = float("-inf")
     return scores.topk(k).indices
 
 
 def evaluate(data: RecData, exclude_history: bool, splits: tuple[str, ...] = ("val", "test"),
-             ks: tuple[int, ...] = (5, 10)) -> dict[str, dict[str, float]]:
+             ks: tuple[int, ...] = (5, 10), context: int = 1, decay: float = 1.0,
+             window: int = 1) -> dict[str, dict[str, float]]:
     """Per split, HR@k and NDCG@k of the transition ranking over every user with a target there."""
-    follows, popularity = transition_counts(data)
+    table = Transitions(data, window, decay)
     results = {}
     for split in splits:
         metrics = ranking_metrics(ks, ks)
         for user, history, target in cuts(data, split):
-            ranked = rank(history, follows, popularity, max(ks), exclude_history)
+            ranked = rank(history, table, max(ks), exclude_history, context, decay)
             update_ranking(metrics, ranked[None], torch.tensor([target]), torch.tensor([user]))
         results[split] = {name: round(float(metric.compute()), 6) for name, metric in sorted(metrics.items())}
     return results
@@ -90,12 +92,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="where the results JSON is written")
     parser.add_argument("--keep-history", action="store_true",
                         help="leave the history's items rankable (datasets with repeat visits, as Yelp)")
+    parser.add_argument("--context", type=int, default=1, help="how many last history items the ranking mixes")
+    parser.add_argument("--decay", type=float, default=1.0, help="the mixture's weight ratio, one item back")
+    parser.add_argument("--window", type=int, default=1, help="count an item up to this many steps after another")
     args = parser.parse_args()
     start = time.time()
     data = load_dataset("s3rec", args.root, seed=0)
-    metrics = evaluate(data, not args.keep_history)
+    metrics = evaluate(data, not args.keep_history, context=args.context, decay=args.decay, window=args.window)
     kept = {"command": "python " + " ".join(sys.argv), "wall_seconds": round(time.time() - start, 1),
-            "dataset": data.stats(), "exclude_history": not args.keep_history, "metrics": metrics,
+            "dataset": data.stats(), "exclude_history": not args.keep_history, "context": args.context,
+            "decay": args.decay, "window": args.window, "metrics": metrics,
             "followers": followers(data)}
     args.out.write_text(json.dumps(kept, indent=2) + "\n")
     print(json.dumps(metrics))

@@ -31,11 +31,13 @@ class Sequential(TaskFamily):
     slots = frozenset({"user", "history", "item", "candidates", "probe", "answer"})
     entity_slots = frozenset({"user", "history", "item", "candidates", "probe"})
     meta_columns = ("user_id", "target_item", "seen_items")
-    decoding_options = frozenset({"transition_prior", "prior_smoothing"})
+    decoding_options = frozenset({"transition_prior", "prior_smoothing", "prior_context", "prior_decay",
+                                  "prior_window"})
 
     def __init__(self, weight: float = 1.0, max_history: int = 20, exclude_history: bool = True,
                  num_candidates: int = 20, ks: tuple[int, ...] = (5, 10), every_window: bool = True,
-                 crops: int = 0, transition_prior: float = 0.0, prior_smoothing: float = 1.0) -> None:
+                 crops: int = 0, transition_prior: float = 0.0, prior_smoothing: float = 1.0, prior_context: int = 1,
+                 prior_decay: float = 1.0, prior_window: int = 1) -> None:
         """
         Args:
             weight: sampling weight in the training mix.
@@ -47,17 +49,23 @@ class Sequential(TaskFamily):
             crops: extra training requests a user, each a seeded random window of the training part (at least
                 two items), so every item is also predicted from short contexts (measured in docs/results.md).
             transition_prior: weight of a first-order Markov prior added to the model's item scores in decoding:
-                `weight * log p(item | the history's last item)`, counted over the training parts
+                `weight * log p(item | the history's last items)`, counted over the training parts
                 (`data/transitions.py`); 0 ranks by the model alone.
             prior_smoothing: pseudo-count of that prior, spread over the items by their training frequency.
+            prior_context: how many of the history's last items the prior mixes p(item | that item) over.
+            prior_decay: the mixture's weight ratio from one of those items to the one before it, and the weight
+                ratio of a pair's counts from one step apart to two (and so on, up to `prior_window`).
+            prior_window: the prior counts j after i up to this many steps apart (1: right after only).
         """
         super().__init__(weight)
         if max_history < 1 or num_candidates < 2 or crops < 0:
             raise ValueError(f"sequential: need max_history >= 1, num_candidates >= 2 and crops >= 0, got "
                              f"{max_history}, {num_candidates}, {crops}")
-        if transition_prior < 0 or prior_smoothing <= 0:
-            raise ValueError(f"sequential: need transition_prior >= 0 and prior_smoothing > 0, got "
-                             f"{transition_prior}, {prior_smoothing}")
+        if (transition_prior < 0 or prior_smoothing <= 0 or prior_context < 1 or prior_window < 1
+                or not 0 < prior_decay <= 1):
+            raise ValueError(f"sequential: need transition_prior >= 0, prior_smoothing > 0, prior_context >= 1, "
+                             f"prior_window >= 1 and 0 < prior_decay <= 1, got {transition_prior}, {prior_smoothing}, "
+                             f"{prior_context}, {prior_window}, {prior_decay}")
         self.max_history = max_history
         self.exclude_history = exclude_history
         self.num_candidates = num_candidates
@@ -66,6 +74,9 @@ class Sequential(TaskFamily):
         self.crops = crops
         self.transition_prior = transition_prior
         self.prior_smoothing = prior_smoothing
+        self.prior_context = prior_context
+        self.prior_decay = prior_decay
+        self.prior_window = prior_window
 
     def requests(self, data: RecData, split: str) -> Iterator[Request]:
         negatives = self.num_candidates - 1
@@ -88,14 +99,15 @@ class Sequential(TaskFamily):
                 exclude[row, items] = True
         bias = None
         if self.transition_prior:
-            last = torch.tensor([items[-1] for items in batch["seen_items"]])
-            bias = self.transition_prior * self.transitions.log_prior(last, self.prior_smoothing).to(device)
+            prior = self.transitions.log_prior([list(items) for items in batch["seen_items"]], self.prior_smoothing,
+                                               self.prior_context, self.prior_decay)
+            bias = self.transition_prior * prior.to(device)
         return generator.rank_items(batch, trie, self.ks[-1], exclude, bias)
 
     @functools.cached_property
     def transitions(self) -> Transitions:
         """Item -> next item counts over the training parts, for the transition prior."""
-        return Transitions(self.ctx.data)
+        return Transitions(self.ctx.data, self.prior_window, self.prior_decay)
 
     def evaluate(self, generator: Generator, batch: dict[str, Any], metrics: dict[str, Metric]) -> None:
         ranked, _ = self._rank(generator, batch)

@@ -137,5 +137,6 @@ def test_decoding_options_share_the_key_of_the_rows_they_decode(tiny_reviews, tm
         return dm.cache.folder
 
     base = key()
-    assert key(transition_prior=0.5, prior_smoothing=2.0) == base  # decoding only: the same rows
+    assert key(transition_prior=0.5, prior_smoothing=2.0, prior_context=3, prior_decay=0.3,
+               prior_window=2) == base  # decoding only: the same rows
     assert key(crops=1) != base

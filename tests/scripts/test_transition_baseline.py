@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from recsys_lightning.data.schema import RecData
+from recsys_lightning.data.transitions import Transitions
 from tests.conftest import load_script
 
 baseline = load_script("scripts/transition_baseline.py")
@@ -31,11 +32,17 @@ def test_counts_read_only_the_training_part_of_each_sequence():
 
 
 def test_followers_rank_by_count_then_popularity_and_the_history_can_be_left_out():
-    follows, popularity = baseline.transition_counts(DATA)
-    ranked = baseline.rank(np.array([2, 1]), follows, popularity, 6, exclude_history=False).tolist()
+    table = Transitions(DATA)
+    ranked = baseline.rank(np.array([2, 1]), table, 6, exclude_history=False).tolist()
     assert ranked[:4] == [2, 3, 0, 1]  # after b: c (followed twice), d (once), then a and b by popularity
-    ranked = baseline.rank(np.array([2, 1]), follows, popularity, 4, exclude_history=True).tolist()
+    ranked = baseline.rank(np.array([2, 1]), table, 4, exclude_history=True).tolist()
     assert ranked[:2] == [3, 0] and not {1, 2} & set(ranked[:4])
+
+
+def test_a_context_of_two_mixes_in_the_followers_of_the_item_before_the_last():
+    # c then b: after b c (2) and d (1); after c a (1) and b (1); equal weights lift a and b above d
+    ranked = baseline.rank(np.array([2, 1]), Transitions(DATA), 4, exclude_history=False, context=2).tolist()
+    assert ranked == [2, 0, 1, 3]
 
 
 def test_hit_rate_over_the_test_split_matches_a_hand_count():

@@ -68,17 +68,19 @@ def test_crops_must_not_be_negative(tiny_reviews):
         Sequential(crops=-1)
 
 
-def test_transition_prior_adds_the_markov_log_prior_of_the_last_item_to_the_ranking(tiny_reviews):
+@pytest.mark.parametrize(("context", "window"), [(1, 1), (3, 2)])
+def test_transition_prior_adds_the_markov_log_prior_of_the_last_items_to_the_ranking(tiny_reviews, context, window):
     dm = causal_module(tiny_reviews)
     dm.setup("test")
     family, batch = dm.families[0], next(iter(dm.test_dataloader()[0]))
     generator = Generator(make_glm(len(dm.tokenizer)), dm.tokens, beam_size=10, score_end=False)
     plain, plain_scores = family._rank(generator, batch)
-    family.transition_prior, family.prior_smoothing = 0.7, 0.5
+    family.transition_prior, family.prior_smoothing, family.prior_context, family.prior_decay = 0.7, 0.5, context, 0.3
+    family.prior_window = window
     ranked, scores = family._rank(generator, batch)
-    last = torch.tensor([items[-1] for items in batch["seen_items"]])
-    prior = Transitions(dm.data).log_prior(last, 0.5)
-    everything = generator.score_items(batch, family.ctx.item_trie.item_tokens.expand(len(last), -1, -1))
+    histories = [list(items) for items in batch["seen_items"]]
+    prior = Transitions(dm.data, window, 0.3).log_prior(histories, 0.5, context, 0.3)
+    everything = generator.score_items(batch, family.ctx.item_trie.item_tokens.expand(len(histories), -1, -1))
     for row, items in enumerate(batch["seen_items"]):
         fused = everything[row] + 0.7 * prior[row]
         fused[items] = float("-inf")  # the history is excluded, as without the prior
@@ -88,8 +90,8 @@ def test_transition_prior_adds_the_markov_log_prior_of_the_last_item_to_the_rank
     assert ranked.tolist() != plain.tolist()
 
 
-def test_transition_prior_must_not_be_negative():
-    with pytest.raises(ValueError, match="transition_prior >= 0 and prior_smoothing > 0"):
-        Sequential(transition_prior=-1.0)
-    with pytest.raises(ValueError, match="transition_prior >= 0 and prior_smoothing > 0"):
-        Sequential(prior_smoothing=0.0)
+@pytest.mark.parametrize("options", [{"transition_prior": -1.0}, {"prior_smoothing": 0.0}, {"prior_context": 0},
+                                     {"prior_window": 0}, {"prior_decay": 0.0}, {"prior_decay": 1.5}])
+def test_transition_prior_options_are_checked(options):
+    with pytest.raises(ValueError, match="transition_prior >= 0, prior_smoothing > 0, prior_context >= 1"):
+        Sequential(**options)
