@@ -27,6 +27,7 @@ class Transitions:
         sequences = training_sequences(data)
         n = data.num_items
         self.popularity = torch.from_numpy(np.bincount(np.concatenate(sequences), minlength=n)).double()
+        self.frequency = self.popularity.clamp(min=1) / self.popularity.clamp(min=1).sum()  # q, every item above 0
         pairs, weights = [np.empty(0, np.int64)], [np.empty(0)]
         for step in range(1, window + 1):
             for s in sequences:
@@ -70,8 +71,7 @@ class Transitions:
 
     def _first_order(self, items: torch.Tensor, smoothing: float) -> torch.Tensor:
         """p(j | i) (B, num_items) for each item i, smoothed toward the training frequencies."""
-        frequency = self.popularity.clamp(min=1)
-        prior = (smoothing * frequency / frequency.sum()).expand(len(items), -1).clone()
+        prior = (smoothing * self.frequency).expand(len(items), -1).clone()
         totals = torch.empty(len(items), dtype=torch.float64)
         for row, item in enumerate(items.tolist()):
             span = self._span(item)

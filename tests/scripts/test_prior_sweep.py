@@ -49,15 +49,15 @@ CONTEXT_TASKS = "[{name: sequential, options: {transition_prior: PRIOR, prior_co
 WINDOW_TASKS = CONTEXT_TASKS.replace("}}]", ", prior_window: WINDOW}}]")
 
 
-@pytest.mark.parametrize(("settings", "tasks", "chosen", "tested"), [
-    ("1:1:1 3:5:0.3 2:3:0.5", CONTEXT_TASKS, "3:5:0.3", "prior_context: 5, prior_decay: 0.3}}]"),
-    ("1:1:1:1 3:5:0.3:2", WINDOW_TASKS, "3:5:0.3:2", "prior_context: 5, prior_decay: 0.3, prior_window: 2}}]")])
-def test_settings_fill_the_context_decay_and_window_placeholders(tmp_path, settings, tasks, chosen, tested):
+@pytest.mark.parametrize(("settings", "tasks", "chosen", "tested_options"), [
+    ("1:1:1 3:5:0.3 2:3:0.5", CONTEXT_TASKS, "3:5:0.3", "transition_prior: 3, prior_context: 5, prior_decay: 0.3"),
+    ("1:1:1:1 3:5:0.3:2", WINDOW_TASKS, "3:5:0.3:2",
+     "transition_prior: 3, prior_context: 5, prior_decay: 0.3, prior_window: 2")])
+def test_settings_fill_the_context_decay_and_window_placeholders(tmp_path, settings, tasks, chosen, tested_options):
     done, calls = sweep(tmp_path, settings, tasks)
     assert done.returncode == 0, done.stderr
     assert f"PRIOR {chosen} VAL_NDCG10 0.080" in done.stdout and f"CHOSEN {chosen}" in done.stdout
-    assert calls[-1] == ("test --ckpt_path best.ckpt --data.tasks [{name: sequential, options: {transition_prior: 3, "
-                         + tested)
+    assert calls[-1] == f"test --ckpt_path best.ckpt --data.tasks [{{name: sequential, options: {{{tested_options}}}}}]"
 
 
 @pytest.mark.parametrize(("weights", "tasks", "message"), [
