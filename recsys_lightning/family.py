@@ -89,6 +89,9 @@ class TaskFamily(ABC):
     meta_columns: ClassVar[tuple[str, ...]] = ()
     # Options that change only decoding, not the built rows: left out of the data cache key.
     decoding_options: ClassVar[frozenset[str]] = frozenset()
+    # Whether `requests(data, "refit")` gives training requests that take in each user's validation item too (a
+    # final fit after the recipe was chosen on validation; `data.refit`).
+    refits: ClassVar[bool] = False
     # Training layout: None blanks each template's target slot; a `Masking` lays out the whole filled template
     # as entity-level blanks (whole entities, Poisson spans of other text, ~ratio of the tokens).
     masking: Masking | None = None

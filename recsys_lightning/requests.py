@@ -9,7 +9,7 @@ import numpy as np
 
 from recsys_lightning.data.indexing import ItemIndex
 from recsys_lightning.data.schema import RecData, seeded_hash
-from recsys_lightning.data.splits import SPLIT_IDS, leave_one_out, review_split, sample_negatives, training_sequences
+from recsys_lightning.data.splits import SPLIT_IDS, known_sequences, leave_one_out, review_split, sample_negatives
 from recsys_lightning.data.textualize import user_name
 from recsys_lightning.family import Request
 
@@ -58,7 +58,8 @@ def next_item_requests(data: RecData, index: ItemIndex, split: str, max_history:
                        eval_negatives: int, seed: int, every_window: bool = True, crops: int = 0
                        ) -> Iterator[Request]:
     """Leave-one-out requests: every prefix window of the training part (or, without `every_window`, only the
-    longest: the whole training part), or each user's validation/test item.
+    longest: the whole training part), or each user's validation/test item. The 'refit' split trains like 'train'
+    on the training part plus the validation item.
 
     In training, `crops` more requests a user cut from seeded random windows of the training part (`crop_window`),
     so a causal row also learns each item from short contexts that start anywhere, not only at the first item.
@@ -67,13 +68,14 @@ def next_item_requests(data: RecData, index: ItemIndex, split: str, max_history:
     target, so no held-out item shapes a training prompt; evaluation negatives are the protocol's: items the
     user never interacted with, seeded by user.
     """
-    pool = np.unique(np.concatenate(training_sequences(data))) if split == "train" else np.empty(0, np.int64)
+    training = split in ("train", "refit")
+    pool = np.unique(np.concatenate(known_sequences(data, split))) if training else np.empty(0, np.int64)
     for user in range(data.num_users):
         cut = leave_one_out(data.sequence(user), split)
         if cut is None:
             continue
         history, target = [int(i) for i in cut[0]], cut[1]
-        if split != "train":
+        if not training:
             negatives = sample_negatives(data, user, seed, eval_negatives).tolist()
             yield next_item_request(index, user, history, target, negatives, max_history, seed, split,
                                     data.users[user])

@@ -5,7 +5,9 @@ It reads the dataset with the trainer's own adapter and split, counts item -> ne
 part of every sequence (all but the last two items), and ranks every item by its count after the
 history's last item, ties broken by training popularity (the smoothed p(item | last item) of
 `data/transitions.py`); `--context c --decay d` ranks by that p mixed over the history's last c items, and
-`--window w` counts an item up to w steps after another (weighted d per step). It says how much of a split's
+`--window w` counts an item up to w steps after another (weighted d per step), and `--counts known` counts the
+validation items too for the test split (what the sequential family's `prior_counts: known` does). It says how much
+of a split's
 score a model can reach from the last item alone, and whether a gap between validation and test is in the data;
 its `followers` block says how often a split's target followed the history's last item in training at all.
 
@@ -58,11 +60,12 @@ def rank(history: np.ndarray, table: Transitions, k: int, exclude_history: bool,
 
 def evaluate(data: RecData, exclude_history: bool, splits: tuple[str, ...] = ("val", "test"),
              ks: tuple[int, ...] = (5, 10), context: int = 1, decay: float = 1.0,
-             window: int = 1) -> dict[str, dict[str, float]]:
-    """Per split, HR@k and NDCG@k of the transition ranking over every user with a target there."""
-    table = Transitions(data, window, decay)
+             window: int = 1, known: bool = False) -> dict[str, dict[str, float]]:
+    """Per split, HR@k and NDCG@k of the transition ranking over every user with a target there; `known` counts
+    every interaction before the split's targets (the training parts, and for 'test' the validation items)."""
     results = {}
     for split in splits:
+        table = Transitions(data, window, decay, split if known else "val")
         metrics = ranking_metrics(ks, ks)
         for user, history, target in cuts(data, split):
             ranked = rank(history, table, max(ks), exclude_history, context, decay)
@@ -95,13 +98,16 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=1, help="how many last history items the ranking mixes")
     parser.add_argument("--decay", type=float, default=1.0, help="the mixture's weight ratio, one item back")
     parser.add_argument("--window", type=int, default=1, help="count an item up to this many steps after another")
+    parser.add_argument("--counts", choices=("training", "known"), default="training",
+                        help="known: the test split's counts take in the validation items too")
     args = parser.parse_args()
     start = time.time()
     data = load_dataset("s3rec", args.root, seed=0)
-    metrics = evaluate(data, not args.keep_history, context=args.context, decay=args.decay, window=args.window)
+    metrics = evaluate(data, not args.keep_history, context=args.context, decay=args.decay, window=args.window,
+                       known=args.counts == "known")
     kept = {"command": "python " + " ".join(sys.argv), "wall_seconds": round(time.time() - start, 1),
             "dataset": data.stats(), "exclude_history": not args.keep_history, "context": args.context,
-            "decay": args.decay, "window": args.window, "metrics": metrics,
+            "decay": args.decay, "window": args.window, "counts": args.counts, "metrics": metrics,
             "followers": followers(data)}
     args.out.write_text(json.dumps(kept, indent=2) + "\n")
     print(json.dumps(metrics))

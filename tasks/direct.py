@@ -30,6 +30,7 @@ class Direct(TaskFamily):
     slots = frozenset({"user", "history", "item", "candidates", "probe", "answer"})
     entity_slots = frozenset({"user", "history", "item", "candidates", "probe"})
     meta_columns = ("user_id", "target_item", "candidate_items", "probe_item")
+    refits = True
 
     def __init__(self, weight: float = 1.0, max_history: int = 10, train_candidates: int = 20,
                  eval_negatives: int = 99) -> None:

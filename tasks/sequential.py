@@ -6,7 +6,6 @@ yes/no about a probe item add training signal.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Iterator
 
 import torch
@@ -32,12 +31,14 @@ class Sequential(TaskFamily):
     entity_slots = frozenset({"user", "history", "item", "candidates", "probe"})
     meta_columns = ("user_id", "target_item", "seen_items")
     decoding_options = frozenset({"transition_prior", "prior_smoothing", "prior_context", "prior_decay",
-                                  "prior_window"})
+                                  "prior_window", "prior_counts"})
+    prior_count_choices = ("training", "known")
+    refits = True
 
     def __init__(self, weight: float = 1.0, max_history: int = 20, exclude_history: bool = True,
                  num_candidates: int = 20, ks: tuple[int, ...] = (5, 10), every_window: bool = True,
                  crops: int = 0, transition_prior: float = 0.0, prior_smoothing: float = 1.0, prior_context: int = 1,
-                 prior_decay: float = 1.0, prior_window: int = 1) -> None:
+                 prior_decay: float = 1.0, prior_window: int = 1, prior_counts: str = "training") -> None:
         """
         Args:
             weight: sampling weight in the training mix.
@@ -56,6 +57,9 @@ class Sequential(TaskFamily):
             prior_decay: the mixture's weight ratio from one of those items to the one before it, and the weight
                 ratio of a pair's counts from one step apart to two (and so on, up to `prior_window`).
             prior_window: the prior counts j after i up to this many steps apart (1: right after only).
+            prior_counts: what the prior counts: "training", the users' training parts (what the model was fitted
+                on); "known", every interaction a request comes after, so test requests also count every user's
+                validation item (which their histories hold), as a model refitted on training and validation would.
         """
         super().__init__(weight)
         if max_history < 1 or num_candidates < 2 or crops < 0:
@@ -66,6 +70,8 @@ class Sequential(TaskFamily):
             raise ValueError(f"sequential: need transition_prior >= 0, prior_smoothing > 0, prior_context >= 1, "
                              f"prior_window >= 1 and 0 < prior_decay <= 1, got {transition_prior}, {prior_smoothing}, "
                              f"{prior_context}, {prior_window}, {prior_decay}")
+        if prior_counts not in self.prior_count_choices:
+            raise ValueError(f"sequential: prior_counts must be one of {self.prior_count_choices}, got {prior_counts!r}")
         self.max_history = max_history
         self.exclude_history = exclude_history
         self.num_candidates = num_candidates
@@ -77,6 +83,8 @@ class Sequential(TaskFamily):
         self.prior_context = prior_context
         self.prior_decay = prior_decay
         self.prior_window = prior_window
+        self.prior_counts = prior_counts
+        self._transitions: dict[str, Transitions] = {}
 
     def requests(self, data: RecData, split: str) -> Iterator[Request]:
         negatives = self.num_candidates - 1
@@ -99,15 +107,29 @@ class Sequential(TaskFamily):
                 exclude[row, items] = True
         bias = None
         if self.transition_prior:
-            prior = self.transitions.log_prior([list(items) for items in batch["seen_items"]], self.prior_smoothing,
-                                               self.prior_context, self.prior_decay)
+            histories = [list(items) for items in batch["seen_items"]]
+            prior = self.transitions(self._split_of(batch)).log_prior(histories, self.prior_smoothing,
+                                                                      self.prior_context, self.prior_decay)
             bias = self.transition_prior * prior.to(device)
         return generator.rank_items(batch, trie, self.ks[-1], exclude, bias)
 
-    @functools.cached_property
-    def transitions(self) -> Transitions:
-        """Item -> next item counts over the training parts, for the transition prior."""
-        return Transitions(self.ctx.data, self.prior_window, self.prior_decay)
+    def _split_of(self, batch: dict[str, Any]) -> str:
+        """Which split the batch's requests hold out ('val' or 'test', by how many items their histories leave
+        out); 'val' under `prior_counts: training`, whose counts are the same for both."""
+        if self.prior_counts == "training":
+            return "val"
+        held_out = {len(self.ctx.data.sequence(int(user))) - len(items)
+                    for user, items in zip(batch["user_id"], batch["seen_items"])}
+        if len(held_out) != 1 or not held_out <= {1, 2}:
+            raise ValueError(f"sequential: a batch mixes or misses the validation and test cuts (held out {held_out})")
+        return "test" if held_out == {1} else "val"
+
+    def transitions(self, split: str) -> Transitions:
+        """Item -> next item counts over what the split's requests come after, for the transition prior (built once
+        per split)."""
+        if split not in self._transitions:
+            self._transitions[split] = Transitions(self.ctx.data, self.prior_window, self.prior_decay, split)
+        return self._transitions[split]
 
     def evaluate(self, generator: Generator, batch: dict[str, Any], metrics: dict[str, Metric]) -> None:
         ranked, _ = self._rank(generator, batch)

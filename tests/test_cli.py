@@ -214,3 +214,15 @@ def test_bad_family_option_fails_before_training(tmp_path, tiny_reviews):
     with pytest.raises(ValueError, match=r"data.tasks\[0\] \(sequential\): bad options"):
         run("fit", tmp_path, tiny_reviews, "--data.tasks", '[{"name": "sequential", "options": {"colour": 1}}]',
             "--checkpoint.monitor", "val/sequential/ndcg@10")
+
+
+def test_a_refit_fits_without_validation_and_refuses_families_it_cannot_refit_before_training(tmp_path, tiny_reviews):
+    refit = ["--config", str(builtin_dir("lightning_configs") / "quality" / "refit.yaml"),  # its own run folders:
+             "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
+    with pytest.raises(ValueError, match=r"families \['rating', 'explanation', 'review'\] cannot"):
+        run("fit", tmp_path / "mixed", tiny_reviews, *refit)  # the demo's tasks: sequential, direct, rating
+    assert not list(tmp_path.rglob("*.ckpt"))
+    out = run("fit", tmp_path, tiny_reviews, *refit, *SEQUENTIAL_ONLY)
+    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+    logged = (out / "metrics.csv").read_text()
+    assert "train/loss" in logged and "val/" not in logged

@@ -94,6 +94,7 @@ class RecDataModule(L.LightningDataModule):
         cache_dir: str | None = ".cache/recsys_lightning",
         num_proc: int = 1,
         pack_length: int | None = None,
+        refit: bool = False,
     ) -> None:
         """
         Args:
@@ -115,6 +116,9 @@ class RecDataModule(L.LightningDataModule):
             num_proc: processes that tokenize examples.
             pack_length: pack several training examples into rows of this many tokens (at least max_length);
                 batch_size then counts rows. None: one example per row, padded to the longest in the batch.
+            refit: fit on each user's validation item too (the 'refit' split), for a final model once the recipe and
+                its steps were chosen on validation; there is then nothing held out to validate on, so fitting has
+                no validation (the test item stays unseen). Every family must support it (`TaskFamily.refits`).
         """
         super().__init__()
         specs = tasks if tasks is not None else [TaskSpec("sequential")]
@@ -129,6 +133,9 @@ class RecDataModule(L.LightningDataModule):
         names = [f.name for f in self.families]
         if len(set(names)) != len(names):
             raise ValueError(f"data.tasks: a family is listed twice: {names}")
+        if refit and not all(f.refits for f in self.families):
+            raise ValueError(f"data.refit: families {[f.name for f in self.families if not f.refits]} cannot train on "
+                             f"the validation items (only families that set `refits` can)")
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.data: RecData | None = None
         self.index: ItemIndex | None = None
@@ -216,13 +223,15 @@ class RecDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         self.load()
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}[stage]
-        if "train" in splits and not self._train:
-            self._train = [self._examples(f, "train") for f in self.families]
+        if self.hparams.refit and stage == "fit":
+            splits = ("refit",)  # the validation items are trained on: nothing is left to validate on
+        if splits[0] in ("train", "refit") and not self._train:
+            self._train = [self._examples(f, splits[0]) for f in self.families]
         self.eval_streams = [EvalStream(f, unseen, target, spec["max_eval_requests"])
                              for f, spec in zip(self.families, self.hparams.tasks)
                              for unseen in (False, True) for target in f.eval_targets(unseen)]
         for split in splits:
-            if split != "train" and split not in self._eval:
+            if split not in ("train", "refit") and split not in self._eval:
                 self._eval[split] = [self._examples(s.family, split, s) for s in self.eval_streams]
 
     def prepare_data(self) -> None:
@@ -322,7 +331,7 @@ class RecDataModule(L.LightningDataModule):
         return batch
 
     def val_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("val")
+        return [] if self.hparams.refit else self._eval_loaders("val")
 
     def test_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("test")

@@ -11,18 +11,27 @@ from recsys_lightning.data.schema import RecData, seeded_hash
 def leave_one_out(sequence: np.ndarray, split: str) -> tuple[np.ndarray, int] | None:
     """(history, target) of one user: last item is test, second to last validation.
 
-    For 'train' the target is the last training item (the history windows are cut by the caller).
+    For 'train' the target is the last training item (the history windows are cut by the caller); for 'refit'
+    (training on the validation items too, for a final model) it is the validation item.
     Users with fewer than three interactions have no split; None is returned.
     """
     if len(sequence) < 3:
         return None
-    cut = {"train": len(sequence) - 3, "val": len(sequence) - 2, "test": len(sequence) - 1}[split]
+    cut = {"train": len(sequence) - 3, "val": len(sequence) - 2, "refit": len(sequence) - 2,
+           "test": len(sequence) - 1}[split]
     return sequence[:cut], int(sequence[cut])
 
 
 def training_sequences(data: RecData) -> list[np.ndarray]:
     """Every user's interactions that may be trained on (all but the last two)."""
-    return [data.sequence(u)[:-2] for u in range(data.num_users)]
+    return known_sequences(data, "val")
+
+
+def known_sequences(data: RecData, split: str) -> list[np.ndarray]:
+    """Every user's interactions before `split`'s held-out item: the training parts for 'train' and 'val', and the
+    validation items too for 'refit' and 'test' (the history of a test request already holds its user's one)."""
+    held_out = {"train": 2, "val": 2, "refit": 1, "test": 1}[split]
+    return [data.sequence(u)[:-held_out] for u in range(data.num_users)]
 
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}

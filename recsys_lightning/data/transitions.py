@@ -1,9 +1,10 @@
 """First-order item transitions (item -> next item, or an item a few steps later) counted over the users' training
-parts.
+parts, or over every interaction a split's requests come after.
 
 They give the Markov prior that sequential decoding can add to the model's item scores (the sequential family's
-`transition_prior`) and the count baseline of `scripts/transition_baseline.py`. Only training parts are counted
-(all but each user's last two items), so no validation or test item shapes them.
+`transition_prior`) and the count baseline of `scripts/transition_baseline.py`. By default only training parts are
+counted (all but each user's last two items); counted for the 'test' split, the validation items join them (each
+user's second to last, which every test history holds), and no test item ever does.
 """
 
 from __future__ import annotations
@@ -12,19 +13,20 @@ import numpy as np
 import torch
 
 from recsys_lightning.data.schema import RecData
-from recsys_lightning.data.splits import training_sequences
+from recsys_lightning.data.splits import known_sequences
 
 
 class Transitions:
     """Counts c(i, j) of item j after item i as CSR rows, and every item's training count (popularity).
 
     With `window` w > 1, j counts up to w steps after i, weighted `decay` ** (steps - 1): sparse pairs borrow from
-    near-adjacent ones."""
+    near-adjacent ones. `split` says whose requests the counts serve: every interaction before its held-out items
+    (`splits.known_sequences`)."""
 
-    def __init__(self, data: RecData, window: int = 1, decay: float = 1.0) -> None:
+    def __init__(self, data: RecData, window: int = 1, decay: float = 1.0, split: str = "val") -> None:
         if window < 1 or not 0 < decay <= 1:
             raise ValueError(f"transitions: need window >= 1 and 0 < decay <= 1, got {window}, {decay}")
-        sequences = training_sequences(data)
+        sequences = known_sequences(data, split)
         n = data.num_items
         self.popularity = torch.from_numpy(np.bincount(np.concatenate(sequences), minlength=n)).double()
         self.frequency = self.popularity.clamp(min=1) / self.popularity.clamp(min=1).sum()  # q, every item above 0

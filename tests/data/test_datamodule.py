@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from recsys_lightning.data.datamodule import RecDataModule, TaskSpec
 
 
@@ -41,3 +43,8 @@ def test_stats_give_each_familys_mean_training_row_length(tiny_reviews):
     rows = [len(r) for r in text._train[0]["input_ids"]]
     assert text.stats()["train_tokens_mean"] == {"sequential": round(sum(rows) / len(rows), 1)}
     assert ids.stats()["train_tokens_mean"]["sequential"] < text.stats()["train_tokens_mean"]["sequential"]
+
+
+def test_a_refit_needs_families_that_can_train_on_the_validation_items(tiny_reviews):
+    with pytest.raises(ValueError, match=r"data.refit: families \['rating'\] cannot train on the validation items"):
+        RecDataModule(tasks=[TaskSpec("sequential"), TaskSpec("rating")], root=str(tiny_reviews), refit=True)

@@ -8,7 +8,8 @@ from recsys_lightning.data.datamodule import DEMO_ROOT
 from recsys_lightning.data.explanations import extract_explanations, feature_words
 from recsys_lightning.data.indexing import build_index
 from recsys_lightning.data.schema import DataError, RecData
-from recsys_lightning.data.splits import leave_one_out, review_split, sample_negatives
+from recsys_lightning.data.splits import (known_sequences, leave_one_out, review_split, sample_negatives,
+                                          training_sequences)
 from recsys_lightning.data.textualize import describe_item
 from recsys_lightning.data.tokenizer import train_tokenizer
 from recsys_lightning.family import FamilyContext
@@ -20,7 +21,16 @@ def test_leave_one_out():
     assert leave_one_out(seq, "test")[1] == 8 and list(leave_one_out(seq, "test")[0]) == [5, 6, 7]
     assert leave_one_out(seq, "val")[1] == 7 and list(leave_one_out(seq, "val")[0]) == [5, 6]
     assert leave_one_out(seq, "train")[1] == 6
+    assert leave_one_out(seq, "refit")[1] == 7 and list(leave_one_out(seq, "refit")[0]) == [5, 6]
     assert leave_one_out(np.array([1, 2]), "test") is None
+
+
+def test_known_sequences_hold_what_a_split_s_requests_come_after(tiny_reviews):
+    data = load_dataset("amazon_reviews", tiny_reviews, 0)
+    training, known = training_sequences(data), known_sequences(data, "test")
+    for user, (part, before_test) in enumerate(zip(training, known)):
+        assert list(before_test) == list(data.sequence(user)[:-1]) and list(before_test[:-1]) == list(part)
+    assert [list(s) for s in known_sequences(data, "val")] == [list(s) for s in training]
 
 
 def test_ties_in_time_are_broken_by_seeded_hash_not_by_id():

@@ -15,6 +15,13 @@ def test_followers_count_only_the_training_parts():
     assert table.followers(4) == {} and table.popularity.tolist() == [5, 4, 3, 1, 0, 0]
 
 
+def test_counts_for_test_requests_add_each_user_s_validation_item():
+    # all but the last item: a b c f, a b d f, a c b e, b c a b, a e
+    table = Transitions(DATA, split="test")
+    assert table.followers(0) == {1: 3, 2: 1, 4: 1} and table.followers(1) == {2: 2, 3: 1, 4: 1}
+    assert table.popularity.tolist() == [5, 5, 3, 1, 2, 2]
+
+
 def test_a_window_counts_items_two_steps_apart_at_the_decayed_weight():
     # training parts: a b c, a b d, a c b, b c a; two steps apart: a-c, a-d, a-b, b-a, each weighted .5
     table = Transitions(DATA, window=2, decay=0.5)

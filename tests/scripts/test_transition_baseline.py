@@ -59,3 +59,11 @@ def test_followers_count_how_often_the_target_followed_the_last_item_in_training
     data = recdata({"u1": ["a", "b", "q", "q"], "u2": ["a", "c", "q", "q"], "u3": ["d", "a", "c"]})
     expected = {"seen": 1 / 3, "top": 1 / 3, "once": 1.0}
     assert baseline.followers(data, ("test",))["test"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_known_counts_let_the_test_split_follow_the_validation_items():
+    # u1's validation item b followed a: only counted for the test split does u2's b rank first after a (above x,
+    # the most popular item); u1 (after b) and u3 (after y) miss either way
+    data = recdata({"u1": ["a", "b", "c"], "u2": ["x", "a", "b"], "u3": ["x", "y", "x", "y", "z"]})
+    assert baseline.evaluate(data, False, ("test",), ks=(1,), known=True)["test"]["hr@1"] == pytest.approx(1 / 3)
+    assert baseline.evaluate(data, False, ("test",), ks=(1,))["test"]["hr@1"] == 0.0

@@ -41,6 +41,20 @@ def test_one_causal_row_per_user_predicts_every_training_item_and_decoding_is_gi
         assert row["part_b_ids"] == item_token[data.sequence(row["user_id"])[:-1][-50:]].tolist()
 
 
+def test_a_refit_trains_each_user_s_row_through_the_validation_item_and_does_not_validate(tiny_reviews):
+    spec = TaskSpec("sequential", options={"max_history": 50, "every_window": False},
+                    prompts="variants/sequential_id_only_causal.yaml")
+    dm = RecDataModule(tasks=[spec], root=str(tiny_reviews), item_index="atomic", vocab_size=400, max_length=128,
+                       cache_dir=None, refit=True)
+    dm.setup("fit")
+    data, item_token = dm.data, dm.families[0].ctx.item_trie.item_tokens[:, 0]
+    users = [u for u in range(data.num_users) if leave_one_out(data.sequence(u), "refit") is not None]
+    assert len(dm._train[0]) == len(users) and dm.val_dataloader() == [] and "val" not in dm._eval
+    for row, user in zip(dm._train[0], users):
+        labels = [t for t in row["labels"] if t != IGNORE]
+        assert labels == [*item_token[data.sequence(user)[:-1][-51:]].tolist(), dm.tokens.eop]  # all but the test item
+
+
 def test_crops_add_seeded_contiguous_windows_of_the_training_part(tiny_reviews):
     def train_rows(crops: int) -> tuple[RecDataModule, list[list[int]]]:
         dm = causal_module(tiny_reviews, crops=crops)
@@ -68,18 +82,20 @@ def test_crops_must_not_be_negative(tiny_reviews):
         Sequential(crops=-1)
 
 
-@pytest.mark.parametrize(("context", "window"), [(1, 1), (3, 2)])
-def test_transition_prior_adds_the_markov_log_prior_of_the_last_items_to_the_ranking(tiny_reviews, context, window):
+@pytest.mark.parametrize(("context", "window", "counts", "split"),
+                         [(1, 1, "training", "val"), (3, 2, "training", "val"), (3, 2, "known", "test")])
+def test_transition_prior_adds_the_markov_log_prior_of_the_last_items_to_the_ranking(tiny_reviews, context, window,
+                                                                                     counts, split):
     dm = causal_module(tiny_reviews)
     dm.setup("test")
     family, batch = dm.families[0], next(iter(dm.test_dataloader()[0]))
     generator = Generator(make_glm(len(dm.tokenizer)), dm.tokens, beam_size=10, score_end=False)
     plain, plain_scores = family._rank(generator, batch)
     family.transition_prior, family.prior_smoothing, family.prior_context, family.prior_decay = 0.7, 0.5, context, 0.3
-    family.prior_window = window
+    family.prior_window, family.prior_counts = window, counts
     ranked, scores = family._rank(generator, batch)
     histories = [list(items) for items in batch["seen_items"]]
-    prior = Transitions(dm.data, window, 0.3).log_prior(histories, 0.5, context, 0.3)
+    prior = Transitions(dm.data, window, 0.3, split).log_prior(histories, 0.5, context, 0.3)
     everything = generator.score_items(batch, family.ctx.item_trie.item_tokens.expand(len(histories), -1, -1))
     for row, items in enumerate(batch["seen_items"]):
         fused = everything[row] + 0.7 * prior[row]
@@ -88,6 +104,22 @@ def test_transition_prior_adds_the_markov_log_prior_of_the_last_items_to_the_ran
         assert ranked[row].tolist() == top.indices.tolist()
         assert torch.allclose(scores[row], top.values, atol=1e-4)
     assert ranked.tolist() != plain.tolist()
+
+
+def test_known_counts_take_each_batch_s_cut_from_its_histories(tiny_reviews):
+    dm = causal_module(tiny_reviews)
+    dm.setup("fit")
+    dm.setup("test")
+    family = dm.families[0]
+    family.prior_counts = "known"
+    val, test = next(iter(dm.val_dataloader()[0])), next(iter(dm.test_dataloader()[0]))
+    assert family._split_of(val) == "val" and family._split_of(test) == "test"
+    assert family.transitions("test").counts.sum() > family.transitions("val").counts.sum()
+    mixed = {**test, "seen_items": [test["seen_items"][0][:-1], *test["seen_items"][1:]]}
+    with pytest.raises(ValueError, match="mixes or misses the validation and test cuts"):
+        family._split_of(mixed)
+    with pytest.raises(ValueError, match="prior_counts must be one of"):
+        Sequential(prior_counts="all")
 
 
 @pytest.mark.parametrize("options", [{"transition_prior": -1.0}, {"prior_smoothing": 0.0}, {"prior_context": 0},
