@@ -9,7 +9,8 @@ import numpy as np
 
 from recsys_lightning.data.indexing import ItemIndex
 from recsys_lightning.data.schema import RecData, seeded_hash
-from recsys_lightning.data.splits import SPLIT_IDS, known_sequences, leave_one_out, review_split, sample_negatives
+from recsys_lightning.data.splits import (SPLIT_IDS, TRAINING_SPLITS, known_sequences, leave_one_out, review_split,
+                                          sample_negatives)
 from recsys_lightning.data.textualize import user_name
 from recsys_lightning.family import Request
 
@@ -68,7 +69,7 @@ def next_item_requests(data: RecData, index: ItemIndex, split: str, max_history:
     target, so no held-out item shapes a training prompt; evaluation negatives are the protocol's: items the
     user never interacted with, seeded by user.
     """
-    training = split in ("train", "refit")
+    training = split in TRAINING_SPLITS
     pool = np.unique(np.concatenate(known_sequences(data, split))) if training else np.empty(0, np.int64)
     for user in range(data.num_users):
         cut = leave_one_out(data.sequence(user), split)

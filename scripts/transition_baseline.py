@@ -7,9 +7,8 @@ history's last item, ties broken by training popularity (the smoothed p(item | l
 `data/transitions.py`); `--context c --decay d` ranks by that p mixed over the history's last c items, and
 `--window w` counts an item up to w steps after another (weighted d per step), and `--counts known` counts the
 validation items too for the test split (what the sequential family's `prior_counts: known` does). It says how much
-of a split's
-score a model can reach from the last item alone, and whether a gap between validation and test is in the data;
-its `followers` block says how often a split's target followed the history's last item in training at all.
+of a split's score a model can reach from the last item alone, and whether a gap between validation and test is in
+the data; its `followers` block says how often a split's target followed the history's last item in training at all.
 
     python scripts/transition_baseline.py --root ../shared/data/toys --out docs/results/toys_transition.json
     python scripts/transition_baseline.py --root ../shared/data/toys --context 5 --decay 0.3 --window 2 --out ...
@@ -63,9 +62,12 @@ def evaluate(data: RecData, exclude_history: bool, splits: tuple[str, ...] = ("v
              window: int = 1, known: bool = False) -> dict[str, dict[str, float]]:
     """Per split, HR@k and NDCG@k of the transition ranking over every user with a target there; `known` counts
     every interaction before the split's targets (the training parts, and for 'test' the validation items)."""
-    results = {}
+    results, tables = {}, {}
     for split in splits:
-        table = Transitions(data, window, decay, split if known else "val")
+        counted = split if known else "val"  # without `known` every split ranks by the training parts' counts
+        if counted not in tables:
+            tables[counted] = Transitions(data, window, decay, counted)
+        table = tables[counted]
         metrics = ranking_metrics(ks, ks)
         for user, history, target in cuts(data, split):
             ranked = rank(history, table, max(ks), exclude_history, context, decay)

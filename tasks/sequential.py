@@ -50,7 +50,7 @@ class Sequential(TaskFamily):
             crops: extra training requests a user, each a seeded random window of the training part (at least
                 two items), so every item is also predicted from short contexts (measured in docs/results.md).
             transition_prior: weight of a first-order Markov prior added to the model's item scores in decoding:
-                `weight * log p(item | the history's last items)`, counted over the training parts
+                `weight * log p(item | the history's last items)`, counted over what `prior_counts` says
                 (`data/transitions.py`); 0 ranks by the model alone.
             prior_smoothing: pseudo-count of that prior, spread over the items by their training frequency.
             prior_context: how many of the history's last items the prior mixes p(item | that item) over.

@@ -20,6 +20,7 @@ from recsys_lightning.data.encode import encode_masked_rows, encode_rows
 from recsys_lightning.data.indexing import ItemIndex, build_index
 from recsys_lightning.data.sampling import evaluation_loader, example_lengths, request_order, training_loader
 from recsys_lightning.data.schema import RecData
+from recsys_lightning.data.splits import TRAINING_SPLITS
 from recsys_lightning.data.textualize import describe_item, describe_user, with_templates
 from recsys_lightning.data.tokenizer import GLMTokens, load_tokenizer, train_tokenizer
 from recsys_lightning.family import FamilyContext, Request, TaskFamily, seeded_choice
@@ -225,13 +226,13 @@ class RecDataModule(L.LightningDataModule):
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}[stage]
         if self.hparams.refit and stage == "fit":
             splits = ("refit",)  # the validation items are trained on: nothing is left to validate on
-        if splits[0] in ("train", "refit") and not self._train:
+        if splits[0] in TRAINING_SPLITS and not self._train:
             self._train = [self._examples(f, splits[0]) for f in self.families]
         self.eval_streams = [EvalStream(f, unseen, target, spec["max_eval_requests"])
                              for f, spec in zip(self.families, self.hparams.tasks)
                              for unseen in (False, True) for target in f.eval_targets(unseen)]
         for split in splits:
-            if split not in ("train", "refit") and split not in self._eval:
+            if split not in TRAINING_SPLITS and split not in self._eval:
                 self._eval[split] = [self._examples(s.family, split, s) for s in self.eval_streams]
 
     def prepare_data(self) -> None:

@@ -22,6 +22,9 @@ def leave_one_out(sequence: np.ndarray, split: str) -> tuple[np.ndarray, int] | 
     return sequence[:cut], int(sequence[cut])
 
 
+TRAINING_SPLITS = ("train", "refit")  # the splits fitted on ('refit' also takes in each user's validation item)
+
+
 def training_sequences(data: RecData) -> list[np.ndarray]:
     """Every user's interactions that may be trained on (all but the last two)."""
     return known_sequences(data, "val")
