@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -11,6 +12,9 @@ import numpy as np
 
 class DataError(ValueError):
     """Input data that cannot be used, with the file, line or key that is wrong."""
+
+
+ASCII_INT = re.compile(r"[0-9]+")  # `str.isdigit` also accepts superscripts and other scripts' digits
 
 
 def seeded_hash(seed: int, *keys: object) -> int:
@@ -115,7 +119,7 @@ class RecData:
 def _ordered(keys: Sequence[str]) -> list[str]:
     """Distinct raw ids sorted, numerically when every id is an integer (MovieLens user 2 is dense id 1)."""
     distinct = set(keys)
-    numeric = all(k.isdigit() for k in distinct)
+    numeric = all(ASCII_INT.fullmatch(k) for k in distinct)
     return sorted(distinct, key=int) if numeric else sorted(distinct)
 
 

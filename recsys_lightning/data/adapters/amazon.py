@@ -8,14 +8,13 @@ are skipped (before parsing, by their `asin`).
 from __future__ import annotations
 
 import ast
-import gzip
 import html
 import json
 import re
 from pathlib import Path
 from typing import Any
 
-from recsys_lightning.data.adapters.files import lines
+from recsys_lightning.data.adapters.files import check_gzip, lines
 from recsys_lightning.data.schema import DataError, RecData
 
 REQUIRED = {"reviewerID": str, "asin": str, "overall": (int, float), "unixReviewTime": int}
@@ -38,26 +37,24 @@ def read_amazon_reviews(root: Path, seed: int = 0) -> RecData:
     """Ratings, review texts, summaries and timestamps of one Amazon category."""
     path = review_file(root)
     users, items, times, ratings, reviews, summaries = [], [], [], [], [], []
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: not a JSON object ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for key, kind in REQUIRED.items():
-                if not isinstance(row.get(key), kind):
-                    raise DataError(f"{path}:{lineno}: key {key!r} missing or not {kind}: {row.get(key)!r}")
-            users.append(row["reviewerID"])
-            items.append(row["asin"])
-            times.append(row["unixReviewTime"])
-            ratings.append(float(row["overall"]))
-            reviews.append(str(row.get("reviewText") or ""))
-            summaries.append(str(row.get("summary") or ""))
+    for lineno, line in lines(path, fallback=None):  # the dumps are UTF-8: other bytes mean a damaged file
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            check_gzip(path)
+            raise DataError(f"{path}:{lineno}: not a JSON object ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        for key, kind in REQUIRED.items():
+            value = row.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise DataError(f"{path}:{lineno}: key {key!r} missing or not {kind}: {value!r}")
+        users.append(row["reviewerID"])
+        items.append(row["asin"])
+        times.append(row["unixReviewTime"])
+        ratings.append(float(row["overall"]))
+        reviews.append(str(row.get("reviewText") or ""))
+        summaries.append(str(row.get("summary") or ""))
     name = path.name.removeprefix("reviews_").split(".")[0]
     category = name.removesuffix("_5")
     meta = sorted(root.glob(f"meta_{category}.json*"))
@@ -73,6 +70,7 @@ def _meta_row(path: Path, lineno: int, line: str) -> dict[str, Any]:
         try:
             row = ast.literal_eval(line)
         except (ValueError, SyntaxError, MemoryError, RecursionError):
+            check_gzip(path)
             raise DataError(f"{path}:{lineno}: expected a JSON or python-literal object") from None
     if not isinstance(row, dict) or not isinstance(row.get("asin"), str):
         raise DataError(f"{path}:{lineno}: expected an object with a string 'asin'")

@@ -6,12 +6,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from recsys_lightning.data.adapters.files import lines
+from recsys_lightning.data.adapters.files import describe, is_int, lines
 from recsys_lightning.data.schema import DataError, RecData
 
 GENDERS = {"M": "male", "F": "female"}
 NO_OCCUPATION = frozenset({"other", "none"})
-YEAR = re.compile(r"(\d{4})$")
+YEAR = re.compile(r"([0-9]{4})$")
 GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
           "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
 TEMPLATES = {
@@ -42,7 +42,7 @@ def _genres(root: Path) -> list[str]:
     names: dict[int, str] = {}
     for lineno, line in lines(path):
         name, index = _fields(path, lineno, line, "|", 2, "name|index")
-        if not index.isdigit():
+        if not is_int(index):
             raise DataError(f"{path}:{lineno}: genre index {index!r} is not an integer")
         names[int(index)] = name
     if sorted(names) != list(range(len(names))):
@@ -55,8 +55,11 @@ def _users(root: Path) -> dict[str, dict[str, Any]]:
     users: dict[str, dict[str, Any]] = {}
     for lineno, line in lines(path):
         user, age, gender, occupation, zipcode = _fields(path, lineno, line, "|", 5, "id|age|gender|occupation|zip")
-        if not age.isdigit() or gender not in GENDERS:
-            raise DataError(f"{path}:{lineno}: expected an integer age and gender M or F, got {age!r}, {gender!r}")
+        if not is_int(user):
+            raise DataError(f"{path}:{lineno}: expected an integer user id, got {describe(user)}")
+        if not is_int(age) or gender not in GENDERS:
+            raise DataError(f"{path}:{lineno}: expected an integer age and gender M or F, got {describe(age)}, "
+                            f"{gender!r}")
         users[user] = {"age": age, "gender": GENDERS[gender], "zip": zipcode or None,
                        "occupation": None if occupation in NO_OCCUPATION else occupation}
     return users
@@ -70,6 +73,8 @@ def _items(root: Path, genres: list[str]) -> dict[str, dict[str, Any]]:
         flags = cells[5:]
         if any(f not in ("0", "1") for f in flags):
             raise DataError(f"{path}:{lineno}: genre flags must be 0 or 1, got {flags}")
+        if not is_int(cells[0]):
+            raise DataError(f"{path}:{lineno}: expected an integer movie id, got {describe(cells[0])}")
         year = YEAR.search(cells[2])
         items[cells[0]] = {"title": cells[1].strip() or None, "year": year.group(1) if year else None,
                            "genres": [g for g, f in zip(genres, flags) if f == "1" and g != "unknown"] or None}
@@ -81,10 +86,14 @@ def read_movielens(root: Path, seed: int = 0) -> RecData:
     path = _require(root, "u.data")
     users, items, times, ratings = [], [], [], []
     for lineno, line in lines(path):
-        cells = line.split("\t")
-        if len(cells) != 4 or not all(c.strip().isdigit() for c in cells):
+        cells = [c.strip(" ") for c in line.split("\t")]
+        bad = next((c for c in cells if not is_int(c)), None)
+        if len(cells) != 4 or bad is not None:
+            found = f"found {describe(bad)}" if bad is not None else f"found {len(cells)} fields"
             raise DataError(f"{path}:{lineno}: expected `user<TAB>item<TAB>rating<TAB>timestamp` integers, "
-                            f"got {line[:80]!r}")
+                            f"{found} in {line[:80]!r}")
+        if not 1 <= int(cells[2]) <= 5:
+            raise DataError(f"{path}:{lineno}: expected a rating from 1 to 5, got {cells[2]}")
         users.append(cells[0])
         items.append(cells[1])
         ratings.append(float(cells[2]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from recsys_lightning.data.adapters.files import table_rows
+from recsys_lightning.data.adapters.files import describe, is_int, table_rows
 from recsys_lightning.data.schema import DataError, RecData
 
 USER_COLUMNS = ("birth_year", "smoker", "drink_level", "dress_preference", "ambience", "transport", "marital_status",
@@ -84,6 +84,8 @@ def read_restaurant(root: Path, seed: int = 0) -> RecData:
     for lineno, row in table_rows(path, ("userID", "placeID", "rating")):
         if row["userID"] is None or row["placeID"] is None or row["rating"] not in ("0", "1", "2"):
             raise DataError(f"{path}:{lineno}: expected userID, placeID and a rating 0, 1 or 2, got {row}")
+        if not is_int(row["placeID"]):
+            raise DataError(f"{path}:{lineno}: expected an integer placeID, got {describe(row['placeID'])}")
         users.append(row["userID"])
         items.append(row["placeID"])
         ratings.append(float(row["rating"]))

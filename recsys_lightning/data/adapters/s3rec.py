@@ -17,13 +17,15 @@ Files read, whatever `<Name>` is:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
-from recsys_lightning.data.adapters.files import lines, read_json, read_text, table_rows
+from recsys_lightning.data.adapters.files import describe, is_int, lines, read_json, read_text, table_rows
 from recsys_lightning.data.schema import DataError, RecData
 
 P5_SEQUENCE_FILES = ("sequential_data.txt", "sequential.txt")
+SPACES = re.compile(r"[ \t]+")  # ASCII blanks only: `str.split()` would also split at a NEL or U+2028
 ID_COLUMNS = ("item_id", "s3rec_item_id")
 RAW_ID_COLUMNS = ("asin", "business_id")
 LIST_COLUMNS = ("attributes", "categories")
@@ -58,9 +60,14 @@ def read_sequences(path: Path) -> dict[str, list[str]]:
     """{user number: [item numbers in time order]}; a non-integer token or a repeated user is an error."""
     sequences: dict[str, list[str]] = {}
     for lineno, line in lines(path):
-        tokens = line.split()
-        if len(tokens) < 2 or not all(t.isdigit() for t in tokens):
-            raise DataError(f"{path}:{lineno}: expected `user item item ...` with integer ids, got {line[:80]!r}")
+        tokens = SPACES.split(line.strip(" \t"))
+        bad = next((t for t in tokens if not is_int(t)), None)
+        if bad is not None:
+            raise DataError(f"{path}:{lineno}: expected `user item item ...` with integer ids (ASCII digits), found "
+                            f"{describe(bad)} in {line[:80]!r}")
+        if len(tokens) < 2:
+            raise DataError(f"{path}:{lineno}: expected `user item item ...` with integer ids, got only a user id "
+                            f"{line[:80]!r}")
         if tokens[0] in sequences:
             raise DataError(f"{path}:{lineno}: user {tokens[0]} already has a line")
         sequences[tokens[0]] = tokens[1:]
@@ -130,7 +137,7 @@ def _read_item_table(path: Path, items: set[str], features: dict[str, dict[str, 
 
 
 def _int_keys(path: Path, table: Any, what: str) -> dict[int, str]:
-    if not isinstance(table, dict) or not all(str(k).isdigit() for k in table):
+    if not isinstance(table, dict) or not all(is_int(str(k)) for k in table):
         raise DataError(f"{path}: {what} must be an object of integer attribute id -> name")
     return {int(k): str(v) for k, v in table.items()}
 
