@@ -1,13 +1,17 @@
-"""Callbacks every run gets: the results file of a test run, the JSON-lines file of a predict run, and the
-checkpoint callback whose `last.ckpt` is the latest state."""
+"""Callbacks every run gets: the results file of a test run, the JSON-lines file of a predict run, the checkpoint
+callback whose `last.ckpt` is the latest state, and the training steps' random stream that checkpoints carry."""
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
 import yaml
 from rich.console import Console
 from rich.table import Table
@@ -20,12 +24,27 @@ def run_dir(trainer: L.Trainer) -> Path:
 
 class LatestCheckpoint(ModelCheckpoint):
     """ModelCheckpoint whose `last.ckpt` is rewritten at every save point and at the end of fit. Lightning 2.6
-    rewrites it only when a top-k checkpoint is saved, so a resume from it would drop the steps after the best one."""
+    rewrites it only when a top-k checkpoint is saved, so a resume from it would drop the steps after the best one;
+    and with `every_n_train_steps` it writes nothing until the monitored metric exists (the first validation):
+    here `last.ckpt` is written every N steps from step N, the best one once the metric exists."""
 
     @property
     def state_key(self) -> str:
         """ModelCheckpoint's key, so checkpoints written before this class resume with their best score."""
         return ModelCheckpoint.__qualname__ + super().state_key.removeprefix(type(self).__qualname__)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        n = self._every_n_train_steps
+        if (n < 1 or trainer.global_step % n or self.save_last is not True or self.monitor is None
+                or self._should_skip_saving_checkpoint(trainer) or self.monitor in self._monitor_candidates(trainer)):
+            return
+        # Lightning deferred this step's save to the first validation, which may be far off: write last.ckpt now,
+        # leaving the deferred save to happen at that validation (it checks the step last saved).
+        saved = self._last_global_step_saved
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_global_step_saved = saved
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
@@ -45,6 +64,72 @@ class LatestCheckpoint(ModelCheckpoint):
         """Write `last.ckpt` unless this step already saved a checkpoint (then `last.ckpt` is current)."""
         if self.save_last is True and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class TrainingRandomState(Callback):
+    """One random stream per process for the training steps, carried by checkpoints, so a resumed run draws the same
+    dropout masks as an uninterrupted one.
+
+    Each training step starts from the global RNG states (torch CPU, CUDA, numpy, Python `random`) its predecessor
+    ended with: what runs between steps (validation, a new epoch's dataloader iterator, which draws its base seed,
+    the sanity check and model set-up of a resumed run) does not advance the stream. Checkpoints store every rank's
+    states at the end of the last step; on resume each rank's first step starts from its own. With a different
+    process count than the checkpoint's the states are not restored (exact resume needs the same count anyway).
+    """
+
+    def __init__(self) -> None:
+        self.after_last_step: dict[str, Any] | None = None
+        self.restored: dict[str, Any] | None = None  # states loaded from a checkpoint, this rank's
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        state = self.after_last_step or self.restored
+        if state is not None:
+            set_rng_states(state)
+        self.restored = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.after_last_step = rng_states()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.after_last_step = None  # a new fit: start from the restored states or the seeded ones
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's states (a collective: checkpoints are dumped on every rank), in rank order."""
+        state = self.after_last_step or self.restored
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            states: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(states, state)
+        else:
+            states = [state]
+        return {"ranks": states} if all(s is not None for s in states) else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        ranks = state_dict.get("ranks") or []
+        world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() \
+            else (1, 0)
+        self.restored = ranks[rank] if len(ranks) == world else None
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states as types `torch.load(weights_only=True)` reads back (tensors, ints, lists, tuples)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                              "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
 
 
 class ResultsWriter(Callback):

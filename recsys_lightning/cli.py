@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.table import Table
 from tokenizers import Tokenizer
 
-from recsys_lightning.callbacks import LatestCheckpoint, PredictionWriter, ResultsWriter
+from recsys_lightning.callbacks import LatestCheckpoint, PredictionWriter, ResultsWriter, TrainingRandomState
+from recsys_lightning.checkpoint_io import with_atomic_checkpoints
 from recsys_lightning.data.datamodule import RecDataModule
 from recsys_lightning.data.prepare import prepare
 from recsys_lightning.data.tokenizer import wrap_tokenizer
@@ -51,10 +52,13 @@ class RecSysCLI(LightningCLI):
             super().parse_arguments(self.parser, self._args)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """As LightningCLI's, but `--trainer.enable_progress_bar false` also drops the default RichProgressBar."""
-        if self._get(self.config_init, "trainer", default={}).get("enable_progress_bar") is False:
+        """As LightningCLI's, but `--trainer.enable_progress_bar false` also drops the default RichProgressBar, and
+        checkpoints are written atomically (checkpoint_io.AtomicCheckpointIO) unless a CheckpointIO is configured."""
+        trainer = self._get(self.config_init, "trainer", default={})
+        if trainer.get("enable_progress_bar") is False:
             callbacks = [c for c in self.trainer_defaults["callbacks"] if not isinstance(c, ProgressBar)]
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
+        kwargs.setdefault("plugins", with_atomic_checkpoints(trainer.get("plugins"), trainer.get("strategy")))
         return super().instantiate_trainer(**kwargs)
 
     def _before_evaluation(self) -> None:
@@ -141,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         trainer_defaults={
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
             "callbacks": [RichProgressBar(), LearningRateMonitor(logging_interval="step"), ResultsWriter(),
-                          PredictionWriter()],
+                          PredictionWriter(), TrainingRandomState()],
         },
     )
 
