@@ -14,6 +14,7 @@ from torchmetrics import MetricCollection
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from recsys_lightning.data.tokenizer import GLMTokens
+from recsys_lightning.data.textualize import describe_item
 from recsys_lightning.distributed import gather_for_decoding, merge_list_states, release_after_decoding, shard_network
 from recsys_lightning.generation.generator import Generator
 from recsys_lightning.model.backbones import Backbone, NativeGLM
@@ -27,6 +28,19 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     """The serialized tokenizer when it is a fast one (exact identity), else its name or path."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     return backend.to_str() if backend is not None else str(tokenizer.name_or_path)
+
+
+def item_texts(datamodule: Any) -> dict[str, str]:
+    """Each atomic item token and its item's textualized description without the token (`describe_item`): what a
+    backbone's `init_item_tokens: text` encodes."""
+    index, data = datamodule.index, datamodule.data
+    new = set(index.new_tokens)
+    texts = {}
+    for item in range(len(index)):
+        token = index.render(item)
+        if token in new:
+            texts[token] = " ".join(describe_item(data, index, item).text.replace(token, " ").split())
+    return texts
 
 
 class RecSysLLM(L.LightningModule):
@@ -98,6 +112,8 @@ class RecSysLLM(L.LightningModule):
         if self.network is not None:
             return
         network = self.backbone.build(self.tokenizer)
+        if getattr(self.backbone, "wants_item_texts", False) and self._fresh_fit():
+            self.backbone.init_item_tokens(network, self.tokenizer, item_texts(self.trainer.datamodule))
         if self.lora is not None:
             network = self.backbone.add_lora(network, self.lora, self.tokenizer)
         precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
@@ -107,6 +123,10 @@ class RecSysLLM(L.LightningModule):
         self.network = shard_network(network, self.device_mesh, precision)
         if self.hparams.compile:
             self.compile()  # `self(batch)`, which only training_step calls
+
+    def _fresh_fit(self) -> bool:
+        """A fit that starts from the backbone's weights (no checkpoint will overwrite the network)."""
+        return self._trainer is not None and self.trainer.state.fn == "fit" and self.trainer.ckpt_path is None
 
     # --- training ------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -9,7 +9,8 @@ from recsys_lightning.cli import main
 from recsys_lightning.registry import builtin_dir
 
 CONFIGS = builtin_dir("lightning_configs").parent / "lightning_configs"
-EXPECTED = {"glm_tiny": "NativeGLM", "llama_tiny": "HFCausalLM", "glm_10b": "NativeGLM", "qwen2.5": "HFCausalLM"}
+EXPECTED = {"glm_tiny": "NativeGLM", "llama_tiny": "HFCausalLM", "glm_10b": "NativeGLM", "qwen2.5": "HFCausalLM",
+            "minilm": "HFEncoder"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
