@@ -30,7 +30,7 @@ from recsys_lightning.generation.trie import ItemTrie
 from recsys_lightning.model.glm import GLMConfig, GLMModel
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beauty" / "Beauty.txt"
-# GLM's special tokens first (the order of data/tokenizer.py), then digits and the few prompt words.
+# GLM's special tokens first (the order of infilling/tokens.py), then digits and the few prompt words.
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "<|endoftext|>", "[MASK]", "[sMASK]", "[gMASK]", "<|startofpiece|>",
             "<|endofpiece|>")
 WORDS = (*SPECIALS, *"0123456789", "user", "_", "has", "bought", ",", "what", "next", "?")

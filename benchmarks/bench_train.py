@@ -2,7 +2,7 @@
 plain causal-SDPA pre-LN transformer of the same size (fwd + bwd + AdamW), side by side in one process.
 
 Prints tokens/s, padding fraction and MFU per round, and one JSON line last. Imports only torch, lightning and
-recsys_lightning's model/layout/packing modules, so it runs on a bare GPU box:
+recsys_lightning's infilling/layout and pipeline/packing modules, so it runs on a bare GPU box:
     PYTHONPATH=. python benchmarks/bench_train.py --layers 24 --hidden 1024 --heads 16 --vocab 50304 --compile on
 
 MFU is model FLOPs per second over the device's peak (989 TFLOP/s bf16 on an H100; on CPUs an assumed AVX-512
@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from recsys_lightning.data.packing import collate_packed, pack_steps, padding_fraction
+from recsys_lightning.pipeline.packing import collate_packed, pack_steps, padding_fraction
 from recsys_lightning.model.glm import GLMConfig, GLMModel
-from recsys_lightning.model.layout import IGNORE, Blank, blank_infilling_block_mask, blank_infilling_mask, infill
+from recsys_lightning.infilling.layout import IGNORE, Blank, blank_infilling_block_mask, blank_infilling_mask, infill
 
 H100_BF16_TFLOPS = 989.0
 CPU_GHZ, CPU_FP32_FLOPS_PER_CYCLE = 2.5, 64  # AVX-512: 2 FMA units x 16 fp32 lanes x 2 FLOPs

@@ -19,9 +19,9 @@ from tokenizers import Tokenizer
 
 from recsys_lightning.callbacks import LatestCheckpoint, PredictionWriter, ResultsWriter, TrainingRandomState
 from recsys_lightning.checkpoint_io import with_atomic_checkpoints
-from recsys_lightning.data.datamodule import RecDataModule
-from recsys_lightning.data.prepare import prepare
-from recsys_lightning.data.tokenizer import wrap_tokenizer
+from recsys_lightning.pipeline.datamodule import RecDataModule
+from recsys_lightning.pipeline.prepare import prepare
+from recsys_lightning.infilling.tokenizer import wrap_tokenizer
 from recsys_lightning.model.export import export
 from recsys_lightning.module import RecSysLLM
 from recsys_lightning.registry import discover

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -12,10 +13,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 import torch
 from torchmetrics import Metric
 
-from recsys_lightning.data.tokenizer import GLMTokens
+from recsys_lightning.builtin import builtin_dir
+from recsys_lightning.infilling.tokens import GLMTokens
 from recsys_lightning.generation.answers import AnswerSet
 from recsys_lightning.generation.trie import ItemTrie
-from recsys_lightning.model.masking import Masking
+from recsys_lightning.infilling.masking import Masking
 from recsys_lightning.prompts import PromptSet, Template, load_prompts
 
 if TYPE_CHECKING:
@@ -26,6 +28,26 @@ if TYPE_CHECKING:
     from recsys_lightning.generation.generator import Generator
 
 SPLITS = ("train", "val", "test")
+
+
+class DecodingOption:
+    """Base of a family's typed options that change only how rows are decoded, never the rows themselves: the data
+    cache key leaves options of this kind out, so changing them reuses the built examples."""
+
+    @classmethod
+    def of(cls, value: Any) -> Any:
+        """The option from a config value: an instance as is, a mapping as keyword arguments, None as None."""
+        if value is None or isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise TypeError(f"{cls.__name__} takes a mapping of its fields, got {value!r}")
+        return cls(**value)
+
+
+def is_decoding_option(annotation: Any) -> bool:
+    """Whether a parameter annotation names a DecodingOption (alone or in a union such as `X | None`)."""
+    kinds = typing.get_args(annotation) or (annotation,)
+    return any(isinstance(k, type) and issubclass(k, DecodingOption) for k in kinds)
 
 
 @dataclass
@@ -76,7 +98,7 @@ class TaskFamily(ABC):
     `evaluate` and `predict`. A template's target slot says what is decoded and scored: the core evaluates
     one stream per (seen/unseen, target slot) and hands the stream's target to the family as
     `batch["target_slot"]`. A family that sets `masking` trains on its whole filled templates masked at the
-    entity level (`model/masking.py`) instead of on the target slot as the one blank; evaluation is unchanged.
+    entity level (`infilling/masking.py`) instead of on the target slot as the one blank; evaluation is unchanged.
     Registration stamps `name` and `source`.
     """
 
@@ -87,8 +109,6 @@ class TaskFamily(ABC):
     entity_slots: ClassVar[frozenset[str]] = frozenset()
     # Metadata columns (beside the tokens) that `collate` turns into tensors or keeps as lists.
     meta_columns: ClassVar[tuple[str, ...]] = ()
-    # Options that change only decoding, not the built rows: left out of the data cache key.
-    decoding_options: ClassVar[frozenset[str]] = frozenset()
     # Whether `requests(data, "refit")` gives training requests that take in each user's validation item too (a
     # final fit after the recipe was chosen on validation; `data.refit`).
     refits: ClassVar[bool] = False
@@ -105,12 +125,19 @@ class TaskFamily(ABC):
         self.prompts = self.load_prompts()
         self.context: FamilyContext | None = None
 
+    @classmethod
+    def row_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The options that shape the built rows (the data cache key): all but those typed as a DecodingOption."""
+        try:
+            hints = typing.get_type_hints(cls.__init__)
+        except NameError:  # an annotation only a type checker resolves: every option keys the rows, never stale
+            hints = {}
+        return {k: v for k, v in options.items() if not is_decoding_option(hints.get(k))}
+
     # --- prompts -------------------------------------------------------------------------------
     @classmethod
     def prompt_path(cls) -> Path:
         """Where the family's templates live: beside a plugin folder (`../prompts/`), else the built-in set."""
-        from recsys_lightning.registry import builtin_dir
-
         name = cls.prompt_file or f"{cls.name}.yaml"
         if Path(name).is_absolute():
             return Path(name)

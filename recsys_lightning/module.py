@@ -13,12 +13,12 @@ from torch import nn
 from torchmetrics import MetricCollection
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from recsys_lightning.data.tokenizer import GLMTokens
+from recsys_lightning.infilling.tokens import GLMTokens
 from recsys_lightning.data.textualize import describe_item
 from recsys_lightning.distributed import gather_for_decoding, merge_list_states, release_after_decoding, shard_network
 from recsys_lightning.generation.generator import Generator
 from recsys_lightning.model.backbones import Backbone, NativeGLM
-from recsys_lightning.model.layout import IGNORE
+from recsys_lightning.infilling.layout import IGNORE
 from recsys_lightning.model.lora import LoRA
 
 STAGE_PREFIX = {"fit": "val", "validate": "val", "test": "test", "predict": "predict"}

@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
+from recsys_lightning.builtin import builtin_dir
 from recsys_lightning.family import TaskFamily
 
 ENTRY_POINT_GROUP = "recsys_lightning.tasks"
@@ -43,15 +44,6 @@ def register_task(name: str) -> Callable[[T], T]:
         return cls
 
     return wrap
-
-
-def builtin_dir(kind: str) -> Path:
-    """The shipped `tasks`, `prompts` or `lightning_configs` folder: in the checkout, else inside the wheel."""
-    checkout = Path(__file__).resolve().parent.parent / kind
-    if checkout.is_dir():
-        return checkout
-    return Path(__file__).resolve().parent / {"tasks": "builtin_tasks", "prompts": "builtin_prompts",
-                                              "lightning_configs": "builtin_configs"}[kind]
 
 
 def _import_file(path: Path, builtin: bool) -> None:

@@ -12,8 +12,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from recsys_lightning.data.adapters import load_dataset
-from recsys_lightning.data.datamodule import DEMO_ROOT
-from recsys_lightning.data.tokenizer import train_tokenizer
+from recsys_lightning.pipeline.datamodule import DEMO_ROOT
+from recsys_lightning.infilling.tokenizer import train_tokenizer
 from recsys_lightning.model.backbones import GLM_LORA_TARGETS, NativeGLM
 from recsys_lightning.model.glm import GLMConfig, GLMModel
 from recsys_lightning.model.hf_glm import LORA_TARGETS, GLMModeLM, HFCausalLM

@@ -6,7 +6,7 @@ title, user name and item id an entity. A text is used when it has an entity oth
 item's id, the user's name): something to infer from the rest. Subjects are split by a seeded hash, `eval_share`
 each for validation and test, so a held-out user's description and behaviour are both held out.
 
-Training: the family sets `masking`, so the core lays each text out with `model/masking.py` (whole entities and
+Training: the family sets `masking`, so the core lays each text out with `infilling/masking.py` (whole entities and
 Poisson(mean_span) spans of other text until ~mask_ratio of its tokens, spans shuffled in Part B), seeded per
 example. Evaluation: each held-out text with one entity other than its subject (seeded) as the blank; exact match
 of the greedy infill with the entity's tokens, and the teacher-forced perplexity of the entity's tokens and
@@ -30,8 +30,8 @@ from recsys_lightning.data.textualize import (Described, compile_template, descr
 from recsys_lightning.family import Request, TaskFamily
 from recsys_lightning.generation.generator import Generator
 from recsys_lightning.metrics import Perplexity
-from recsys_lightning.model.layout import pad_stack
-from recsys_lightning.model.masking import Masking
+from recsys_lightning.infilling.layout import pad_stack
+from recsys_lightning.infilling.masking import Masking
 from recsys_lightning.registry import register_task
 
 SUBJECT = {"item": "item", "user": "user", "behaviour": "user"}  # text kind -> the entity field it is about

@@ -6,19 +6,52 @@ yes/no about a probe item add training signal.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
 
 import torch
 from torchmetrics import Metric
 
 from recsys_lightning.data.schema import RecData
 from recsys_lightning.data.transitions import Transitions
-from recsys_lightning.family import Request, TaskFamily
+from recsys_lightning.family import DecodingOption, Request, TaskFamily
 from recsys_lightning.generation.generator import Generator
 from recsys_lightning.metrics import ranking_metrics, update_ranking
 from recsys_lightning.prompts import Template
 from recsys_lightning.registry import register_task
 from recsys_lightning.requests import next_item_requests
+
+
+@dataclass(frozen=True)
+class TransitionPrior(DecodingOption):
+    """A first-order Markov log-prior added to the model's item scores in decoding (not part of RecSysLLM):
+    `weight * log p(item | the history's last items)`, counted by `data/transitions.py`.
+
+    Args:
+        weight: the prior's weight; 0 ranks by the model alone.
+        smoothing: pseudo-count of the prior, spread over the items by their training frequency.
+        context: how many of the history's last items the prior mixes p(item | that item) over.
+        decay: the mixture's weight ratio from one of those items to the one before it, and the weight ratio of a
+            pair's counts from one step apart to two (and so on, up to `window`).
+        window: pairs are counted up to this many steps apart (1: right after only).
+        counts: "training", the users' training parts (what the model was fitted on); "known", every interaction a
+            request comes after, so test requests also count every user's validation item (which their histories
+            hold), as a model refitted on training and validation would.
+    """
+
+    weight: float = 0.0
+    smoothing: float = 1.0
+    context: int = 1
+    decay: float = 1.0
+    window: int = 1
+    counts: Literal["training", "known"] = "training"
+
+    def __post_init__(self) -> None:
+        if self.weight < 0 or self.smoothing <= 0 or self.context < 1 or self.window < 1 or not 0 < self.decay <= 1:
+            raise ValueError(f"sequential prior: need weight >= 0, smoothing > 0, context >= 1, window >= 1 and "
+                             f"0 < decay <= 1, got {self}")
+        if self.counts not in ("training", "known"):
+            raise ValueError(f"sequential prior: counts must be 'training' or 'known', got {self.counts!r}")
 
 
 @register_task("sequential")
@@ -30,15 +63,11 @@ class Sequential(TaskFamily):
     slots = frozenset({"user", "history", "item", "candidates", "probe", "answer"})
     entity_slots = frozenset({"user", "history", "item", "candidates", "probe"})
     meta_columns = ("user_id", "target_item", "seen_items")
-    decoding_options = frozenset({"transition_prior", "prior_smoothing", "prior_context", "prior_decay",
-                                  "prior_window", "prior_counts"})
-    prior_count_choices = ("training", "known")
     refits = True
 
     def __init__(self, weight: float = 1.0, max_history: int = 20, exclude_history: bool = True,
                  num_candidates: int = 20, ks: tuple[int, ...] = (5, 10), every_window: bool = True,
-                 crops: int = 0, transition_prior: float = 0.0, prior_smoothing: float = 1.0, prior_context: int = 1,
-                 prior_decay: float = 1.0, prior_window: int = 1, prior_counts: str = "training") -> None:
+                 crops: int = 0, prior: TransitionPrior | None = None) -> None:
         """
         Args:
             weight: sampling weight in the training mix.
@@ -49,41 +78,20 @@ class Sequential(TaskFamily):
             every_window: train on every prefix window of a user's training part; False: on the whole part only.
             crops: extra training requests a user, each a seeded random window of the training part (at least
                 two items), so every item is also predicted from short contexts (measured in docs/results.md).
-            transition_prior: weight of a first-order Markov prior added to the model's item scores in decoding:
-                `weight * log p(item | the history's last items)`, counted over what `prior_counts` says
-                (`data/transitions.py`); 0 ranks by the model alone.
-            prior_smoothing: pseudo-count of that prior, spread over the items by their training frequency.
-            prior_context: how many of the history's last items the prior mixes p(item | that item) over.
-            prior_decay: the mixture's weight ratio from one of those items to the one before it, and the weight
-                ratio of a pair's counts from one step apart to two (and so on, up to `prior_window`).
-            prior_window: the prior counts j after i up to this many steps apart (1: right after only).
-            prior_counts: what the prior counts: "training", the users' training parts (what the model was fitted
-                on); "known", every interaction a request comes after, so test requests also count every user's
-                validation item (which their histories hold), as a model refitted on training and validation would.
+            prior: a transition prior added to the item scores in decoding (`TransitionPrior`; a mapping of its
+                fields in a config); None: none.
         """
         super().__init__(weight)
         if max_history < 1 or num_candidates < 2 or crops < 0:
             raise ValueError(f"sequential: need max_history >= 1, num_candidates >= 2 and crops >= 0, got "
                              f"{max_history}, {num_candidates}, {crops}")
-        if (transition_prior < 0 or prior_smoothing <= 0 or prior_context < 1 or prior_window < 1
-                or not 0 < prior_decay <= 1):
-            raise ValueError(f"sequential: need transition_prior >= 0, prior_smoothing > 0, prior_context >= 1, "
-                             f"prior_window >= 1 and 0 < prior_decay <= 1, got {transition_prior}, {prior_smoothing}, "
-                             f"{prior_context}, {prior_window}, {prior_decay}")
-        if prior_counts not in self.prior_count_choices:
-            raise ValueError(f"sequential: prior_counts must be one of {self.prior_count_choices}, got {prior_counts!r}")
         self.max_history = max_history
         self.exclude_history = exclude_history
         self.num_candidates = num_candidates
         self.ks = tuple(sorted(ks))
         self.every_window = every_window
         self.crops = crops
-        self.transition_prior = transition_prior
-        self.prior_smoothing = prior_smoothing
-        self.prior_context = prior_context
-        self.prior_decay = prior_decay
-        self.prior_window = prior_window
-        self.prior_counts = prior_counts
+        self.prior = TransitionPrior.of(prior) or TransitionPrior()
         self._transitions: dict[str, Transitions] = {}
 
     def requests(self, data: RecData, split: str) -> Iterator[Request]:
@@ -106,29 +114,20 @@ class Sequential(TaskFamily):
             for row, items in enumerate(batch["seen_items"]):
                 exclude[row, items] = True
         bias = None
-        if self.transition_prior:
+        if self.prior.weight:
             histories = [list(items) for items in batch["seen_items"]]
-            prior = self.transitions(self._split_of(batch)).log_prior(histories, self.prior_smoothing,
-                                                                      self.prior_context, self.prior_decay)
-            bias = self.transition_prior * prior.to(device)
+            # counted over the training parts, val and test requests share one count
+            split = batch["split"] if self.prior.counts == "known" else "val"
+            prior = self.transitions(split).log_prior(histories, self.prior.smoothing, self.prior.context,
+                                                      self.prior.decay)
+            bias = self.prior.weight * prior.to(device)
         return generator.rank_items(batch, trie, self.ks[-1], exclude, bias)
-
-    def _split_of(self, batch: dict[str, Any]) -> str:
-        """Which split the batch's requests hold out ('val' or 'test', by how many items their histories leave
-        out); 'val' under `prior_counts: training`, whose counts are the same for both."""
-        if self.prior_counts == "training":
-            return "val"
-        held_out = {len(self.ctx.data.sequence(int(user))) - len(items)
-                    for user, items in zip(batch["user_id"], batch["seen_items"])}
-        if len(held_out) != 1 or not held_out <= {1, 2}:
-            raise ValueError(f"sequential: a batch mixes or misses the validation and test cuts (held out {held_out})")
-        return "test" if held_out == {1} else "val"
 
     def transitions(self, split: str) -> Transitions:
         """Item -> next item counts over what the split's requests come after, for the transition prior (built once
         per split)."""
         if split not in self._transitions:
-            self._transitions[split] = Transitions(self.ctx.data, self.prior_window, self.prior_decay, split)
+            self._transitions[split] = Transitions(self.ctx.data, self.prior.window, self.prior.decay, split)
         return self._transitions[split]
 
     def evaluate(self, generator: Generator, batch: dict[str, Any], metrics: dict[str, Metric]) -> None:

@@ -12,8 +12,9 @@ from types import ModuleType
 import pytest
 import torch
 
-from recsys_lightning.data.datamodule import DEMO_ROOT
-from recsys_lightning.data.tokenizer import GLMTokens, train_tokenizer
+from recsys_lightning.pipeline.datamodule import DEMO_ROOT
+from recsys_lightning.infilling.tokens import GLMTokens
+from recsys_lightning.infilling.tokenizer import train_tokenizer
 from recsys_lightning.model.glm import GLMConfig, GLMModel
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from recsys_lightning.cli import main
-from recsys_lightning.registry import builtin_dir
+from recsys_lightning.builtin import builtin_dir
 from tests.conftest import ONE_EPOCH, SEQUENTIAL_ONLY
 
 TINY = [

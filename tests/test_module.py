@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
 
-from recsys_lightning.data.packing import collate_packed
+from recsys_lightning.pipeline.packing import collate_packed
 from recsys_lightning.model.backbones import NativeGLM
-from recsys_lightning.model.layout import IGNORE
+from recsys_lightning.infilling.layout import IGNORE
 from recsys_lightning.module import RecSysLLM
-from tests.data.test_packing import samples
+from tests.pipeline.test_packing import samples
 
 
 def test_compile_gives_the_eager_training_loss_and_leaves_decoding_eager(tokenizer, tokens):

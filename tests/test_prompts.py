@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from recsys_lightning.prompts import PromptError, Template, load_prompts
-from recsys_lightning.registry import builtin_dir, discover
+from recsys_lightning.builtin import builtin_dir
+from recsys_lightning.registry import discover
 
 
 def test_render_marks_entities_and_masks_the_target():

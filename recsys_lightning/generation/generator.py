@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from recsys_lightning.data.tokenizer import GLMTokens
+from recsys_lightning.infilling.tokens import GLMTokens
 from recsys_lightning.generation.beam import trie_beam_search
 from recsys_lightning.generation.blank import Model
 from recsys_lightning.generation.scoring import score_candidates

@@ -15,7 +15,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
 if TYPE_CHECKING:  # the layout needs only torch (benchmarks/bench_train.py runs it without the tokenizer stack)
-    from recsys_lightning.data.tokenizer import GLMTokens
+    from recsys_lightning.infilling.tokens import GLMTokens
 
 IGNORE = -100
 LAYOUT_FIELDS = ("input_ids", "labels", "inter_position", "intra_position", "part_a_length")  # what `infill` lays out

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from recsys_lightning.data.tokenizer import GLMTokens
-from recsys_lightning.model.layout import Blank, infill
+from recsys_lightning.infilling.tokens import GLMTokens
+from recsys_lightning.infilling.layout import Blank, infill
 
 Span = tuple[int, int]  # [start, end) token indices
 

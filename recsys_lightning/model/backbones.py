@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from recsys_lightning.data.tokenizer import load_backbone_tokenizer
+from recsys_lightning.infilling.tokenizer import load_backbone_tokenizer
 from recsys_lightning.model.checkpoints import check_source, load_glm, resolve_folder, save_glm
 from recsys_lightning.model.glm import AttentionMask, GLMConfig, GLMModel
-from recsys_lightning.model.layout import blank_infilling_block_mask, blank_infilling_mask
+from recsys_lightning.infilling.layout import blank_infilling_block_mask, blank_infilling_mask
 from recsys_lightning.model.lora import LoRA, LoRADefaults, apply_lora, merge_adapter
 
 DType = Literal["float32", "bfloat16", "float16"]

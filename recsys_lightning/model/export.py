@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from recsys_lightning.data.tokenizer import wrap_tokenizer
+from recsys_lightning.infilling.tokenizer import wrap_tokenizer
 from recsys_lightning.model.backbones import Backbone, NativeGLM
 from recsys_lightning.model.lora import LoRA
 

@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from recsys_lightning.data.tokenizer import GLMTokens, load_backbone_tokenizer
+from recsys_lightning.infilling.tokens import GLMTokens
+from recsys_lightning.infilling.tokenizer import load_backbone_tokenizer
 from recsys_lightning.model.backbones import Backbone, DType, torch_dtype
 from recsys_lightning.model.checkpoints import check_source
 from recsys_lightning.model.glm import GLMOutput, KVCache, select_positions

@@ -19,11 +19,12 @@ from datasets import Dataset
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
-from recsys_lightning.data.tokenizer import wrap_tokenizer
+from recsys_lightning.infilling.tokenizer import wrap_tokenizer
 
 PACKAGE = Path(__file__).resolve().parent.parent
-# Source files whose code shapes the rows: every data module, prompt rendering, the family base, the layout.
-CODE = ("data/**/*.py", "prompts.py", "family.py", "model/layout.py", "model/masking.py")
+# Source files whose code shapes the rows: the dataset side, the pipeline, the blank-infilling format, prompt
+# rendering and the family base.
+CODE = ("data/**/*.py", "pipeline/**/*.py", "infilling/**/*.py", "prompts.py", "family.py")
 
 
 def _sha(chunks: Iterable[bytes]) -> str:

@@ -15,20 +15,22 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from recsys_lightning.data.adapters import load_dataset
-from recsys_lightning.data.cache import ExampleCache, code_hash, data_fingerprint, files_hash, tokenizer_hash
-from recsys_lightning.data.encode import encode_masked_rows, encode_rows
+from recsys_lightning.pipeline.cache import ExampleCache, code_hash, data_fingerprint, files_hash, tokenizer_hash
+from recsys_lightning.pipeline.encode import encode_masked_rows, encode_rows
 from recsys_lightning.data.indexing import ItemIndex, build_index
-from recsys_lightning.data.sampling import evaluation_loader, example_lengths, request_order, training_loader
+from recsys_lightning.pipeline.sampling import evaluation_loader, example_lengths, request_order, training_loader
 from recsys_lightning.data.schema import RecData
 from recsys_lightning.data.splits import TRAINING_SPLITS
 from recsys_lightning.data.textualize import describe_item, describe_user, with_templates
-from recsys_lightning.data.tokenizer import GLMTokens, load_tokenizer, train_tokenizer
+from recsys_lightning.infilling.tokens import GLMTokens
+from recsys_lightning.infilling.tokenizer import load_tokenizer, train_tokenizer
 from recsys_lightning.family import FamilyContext, Request, TaskFamily, seeded_choice
-from recsys_lightning.model.layout import collate_part_a
-from recsys_lightning.model.masking import Masking
-from recsys_lightning.registry import builtin_dir, discover, get_task
+from recsys_lightning.infilling.layout import collate_part_a
+from recsys_lightning.infilling.masking import Masking
+from recsys_lightning.builtin import builtin_dir
+from recsys_lightning.registry import discover, get_task
 
-DEMO_ROOT = Path(__file__).resolve().parent / "demo"
+DEMO_ROOT = Path(__file__).resolve().parent.parent / "data" / "demo"
 
 
 @dataclass
@@ -187,7 +189,7 @@ class RecDataModule(L.LightningDataModule):
         """Everything that changes the built rows: data files, config, family code and prompts, our code."""
         hp = self.hparams
         families = [{"name": f.name, "source": files_hash([Path(f.source)]),
-                     "options": {k: v for k, v in spec["options"].items() if k not in f.decoding_options},
+                     "options": f.row_options(spec["options"]),
                      "prompts": files_hash([f.prompts.path])} for f, spec in zip(self.families, hp.tasks)]
         return {"root": str(root.resolve()), "files": data_fingerprint(root), "format": hp.format,
                 "item_index": hp.item_index, "seed": hp.seed, "textualize": self.data.templates,
@@ -297,7 +299,7 @@ class RecDataModule(L.LightningDataModule):
     # --- loaders -------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         """Families drawn in proportion to their weights (with replacement), one epoch = all examples once;
-        steps dealt to the data-parallel ranks and resumable mid-epoch (data/sampling.py)."""
+        steps dealt to the data-parallel ranks and resumable mid-epoch (pipeline/sampling.py)."""
         hp = self.hparams
         return training_loader(self._train, [f.weight for f in self.families], example_lengths(self._train),
                                hp.batch_size, hp.pack_length, self.tokens.pad, hp.seed, self._shard(),
@@ -315,7 +317,7 @@ class RecDataModule(L.LightningDataModule):
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         """One loader per stream; each rank decodes a contiguous share of whole batches (no sample twice)."""
         return [evaluation_loader(ds, self.hparams.eval_batch_size, self._shard(),
-                                  partial(self._collate_eval, stream), self.hparams.num_workers,
+                                  partial(self._collate_eval, stream, split), self.hparams.num_workers,
                                   self._eval_order(ds, split))
                 for stream, ds in zip(self.eval_streams, self._eval[split])]
 
@@ -324,10 +326,12 @@ class RecDataModule(L.LightningDataModule):
         sample of them; test and predict keep the dataset's order (predictions are written in it)."""
         return request_order(ds.with_format("numpy")["request_id"][:], self.hparams.seed) if split == "val" else None
 
-    def _collate_eval(self, stream: EvalStream, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def _collate_eval(self, stream: EvalStream, split: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Part A prompts of one stream, with the stream's target slot and the split its requests come from."""
         batch = collate_part_a(rows, self.tokens.pad)
         batch["request_id"] = torch.tensor([r["request_id"] for r in rows])
         batch["target_slot"] = stream.target
+        batch["split"] = split
         batch.update(stream.family.collate_meta(rows))
         return batch
 

@@ -8,9 +8,9 @@ from typing import Any, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-from recsys_lightning.data.tokenizer import GLMTokens
-from recsys_lightning.model.layout import Blank, infill
-from recsys_lightning.model.masking import Masking, fitted_masked_sample
+from recsys_lightning.infilling.tokens import GLMTokens
+from recsys_lightning.infilling.layout import Blank, infill
+from recsys_lightning.infilling.masking import Masking, fitted_masked_sample
 
 
 class EncodingError(ValueError):
@@ -94,7 +94,7 @@ def encode_rows(batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase,
 def encode_masked_rows(batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase, tokens: GLMTokens,
                        max_length: int, masking: Masking, seed: int) -> dict[str, list[Any]]:
     """`datasets.map` function for entity-masked training rows: each row's whole `text` laid out by
-    `model/masking.py` around its `entity_spans`, with a generator seeded by (seed, request id); a text too long
+    `infilling/masking.py` around its `entity_spans`, with a generator seeded by (seed, request id); a text too long
     for `max_length` keeps its longest head that fits, cut between entities."""
     texts, offsets = tokenize(tokenizer, batch["text"])
     out: dict[str, list[Any]] = {}

@@ -1,6 +1,6 @@
 """Sequence packing: several laid-out samples share one row (segment ids 0, 1, ...), so padding stays small.
 
-Positions restart per sample and the blank-infilling mask keeps samples apart (model/layout.py), so a packed
+Positions restart per sample and the blank-infilling mask keeps samples apart (infilling/layout.py), so a packed
 batch gives the same loss as the same samples one per row. Needs only torch (the GPU training bench imports it).
 """
 
@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from recsys_lightning.model.layout import IGNORE, pad_stack, part_b_targets
+from recsys_lightning.infilling.layout import IGNORE, pad_stack, part_b_targets
 
 
 def pack_steps(order: Sequence[int], lengths: Sequence[int], rows: int, row_length: int) -> list[list[list[int]]]:

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import datasets
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from recsys_lightning.data.datamodule import RecDataModule
+from recsys_lightning.pipeline.datamodule import RecDataModule
 from recsys_lightning.data.schema import DataError
 from recsys_lightning.module import RecSysLLM
 from recsys_lightning.prompts import PromptError

@@ -21,8 +21,8 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from recsys_lightning.data.packing import collate_packed, pack_steps
-from recsys_lightning.model.layout import LAYOUT_FIELDS
+from recsys_lightning.pipeline.packing import collate_packed, pack_steps
+from recsys_lightning.infilling.layout import LAYOUT_FIELDS
 
 Step = list[list[int]]  # one training step: rows, each a list of example indices (one example per row unpacked)
 Planner = Callable[[list[int]], list[Step]]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recsys_lightning.model.layout import IGNORE
+from recsys_lightning.infilling.layout import IGNORE
 from recsys_lightning.module import RecSysLLM
 from tests.conftest import load_script
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from recsys_lightning.data.adapters import load_dataset
-from recsys_lightning.data.datamodule import DEMO_ROOT
+from recsys_lightning.pipeline.datamodule import DEMO_ROOT
 from recsys_lightning.data.schema import DataError
 from tests.conftest import SHARED_DATA
 

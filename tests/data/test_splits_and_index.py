@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 from recsys_lightning.data.adapters import load_dataset
-from recsys_lightning.data.datamodule import DEMO_ROOT
+from recsys_lightning.pipeline.datamodule import DEMO_ROOT
 from recsys_lightning.data.explanations import extract_explanations, feature_words
 from recsys_lightning.data.indexing import build_index
 from recsys_lightning.data.schema import DataError, RecData
 from recsys_lightning.data.splits import (known_sequences, leave_one_out, review_split, sample_negatives,
                                           training_sequences)
 from recsys_lightning.data.textualize import describe_item
-from recsys_lightning.data.tokenizer import train_tokenizer
+from recsys_lightning.infilling.tokenizer import train_tokenizer
 from recsys_lightning.family import FamilyContext
 from recsys_lightning.registry import discover, get_task
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from recsys_lightning.data.encode import encode_described, entity_token_spans
+from recsys_lightning.pipeline.encode import encode_described, entity_token_spans
 from recsys_lightning.data.indexing import build_index
 from recsys_lightning.data.schema import RecData
 from recsys_lightning.data.textualize import (TemplateError, compile_template, describe_item, describe_user,
                                               indefinite_article, render, with_templates)
-from recsys_lightning.data.tokenizer import train_tokenizer
+from recsys_lightning.infilling.tokenizer import train_tokenizer
 
 
 def toy() -> RecData:
@@ -80,7 +80,7 @@ def test_entity_spans_survive_tokenization():
 
 
 def test_built_examples_carry_entity_token_ranges_in_part_a(tiny_reviews):
-    from recsys_lightning.data.datamodule import RecDataModule
+    from recsys_lightning.pipeline.datamodule import RecDataModule
 
     dm = RecDataModule(root=str(tiny_reviews), cache_dir=None, vocab_size=300, max_length=64)
     dm.setup("fit")

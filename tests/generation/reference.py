@@ -2,7 +2,7 @@
 
 import torch
 
-from recsys_lightning.model.layout import IGNORE, Blank, blank_infilling_mask, collate_infill, infill
+from recsys_lightning.infilling.layout import IGNORE, Blank, blank_infilling_mask, collate_infill, infill
 
 
 def brute_force_scores(model, part_a, mask_index, items, tokens, opening=(), score_end=True):

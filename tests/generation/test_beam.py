@@ -2,7 +2,7 @@ import torch
 
 from recsys_lightning.generation.beam import trie_beam_search
 from recsys_lightning.generation.trie import ItemTrie
-from recsys_lightning.model.layout import collate_part_a
+from recsys_lightning.infilling.layout import collate_part_a
 from tests.conftest import make_glm
 from tests.generation.reference import OPENINGS, brute_force_scores, prefix_free_catalog, prompts, random_catalog
 

@@ -5,7 +5,7 @@ from recsys_lightning.generation.beam import trie_beam_search
 from recsys_lightning.generation.hf_generate import (CACHE_FIELD, DictTrie, GLMForGenerate, hf_trie_beam_search,
                                                      left_padded_prompts)
 from recsys_lightning.generation.trie import ItemTrie
-from recsys_lightning.model.layout import collate_part_a
+from recsys_lightning.infilling.layout import collate_part_a
 from tests.conftest import make_glm
 from tests.generation.reference import brute_force_scores, prompts, random_catalog
 

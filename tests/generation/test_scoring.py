@@ -4,7 +4,7 @@ import torch
 from recsys_lightning.generation.answers import AnswerSet
 from recsys_lightning.generation.generator import Generator
 from recsys_lightning.generation.scoring import pad_candidates, score_candidates
-from recsys_lightning.model.layout import collate_part_a
+from recsys_lightning.infilling.layout import collate_part_a
 from tests.conftest import make_glm
 from tests.generation.reference import OPENINGS, brute_force_scores, prompts, random_catalog
 

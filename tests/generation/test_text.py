@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from recsys_lightning.generation.text import greedy_infill
-from recsys_lightning.model.layout import Blank, blank_infilling_mask, collate_infill, collate_part_a, infill
+from recsys_lightning.infilling.layout import Blank, blank_infilling_mask, collate_infill, collate_part_a, infill
 from tests.conftest import make_glm
 
 

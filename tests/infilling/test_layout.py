@@ -1,6 +1,6 @@
 import torch
 
-from recsys_lightning.model.layout import (IGNORE, Blank, blank_infilling_mask, collate_infill, infill,
+from recsys_lightning.infilling.layout import (IGNORE, Blank, blank_infilling_mask, collate_infill, infill,
                                           part_b_targets)
 
 

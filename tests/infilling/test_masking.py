@@ -8,10 +8,11 @@ import re
 import numpy as np
 import pytest
 
-from recsys_lightning.data.tokenizer import GLMTokens, train_tokenizer
-from recsys_lightning.model.layout import IGNORE
-from recsys_lightning.data.encode import entity_token_spans
-from recsys_lightning.model.masking import Masking, entity_masked_sample, fitted_masked_sample, masking_units, merge_spans
+from recsys_lightning.infilling.tokens import GLMTokens
+from recsys_lightning.infilling.tokenizer import train_tokenizer
+from recsys_lightning.infilling.layout import IGNORE
+from recsys_lightning.pipeline.encode import entity_token_spans
+from recsys_lightning.infilling.masking import Masking, entity_masked_sample, fitted_masked_sample, masking_units, merge_spans
 from tests.conftest import SHARED_DATA
 
 BEAUTY_ITEMS = SHARED_DATA / "beauty" / "derived" / "beauty_items.tsv"

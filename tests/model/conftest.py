@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from recsys_lightning.model.glm import GLMModel
-from recsys_lightning.model.layout import Blank, collate_infill, infill
+from recsys_lightning.infilling.layout import Blank, collate_infill, infill
 from tests.conftest import CORPUS
 
 # Sizes of tiny random-init models of each HF family (the vocabulary size is set from the tokenizer).

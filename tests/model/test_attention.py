@@ -7,7 +7,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, create_mask
 
 from recsys_lightning.model.backbones import NativeGLM
-from recsys_lightning.model.layout import Blank, blank_infilling_block_mask, blank_infilling_mask, infill
+from recsys_lightning.infilling.layout import Blank, blank_infilling_block_mask, blank_infilling_mask, infill
 from tests.conftest import make_glm
 
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")

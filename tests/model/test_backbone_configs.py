@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from recsys_lightning.cli import main
-from recsys_lightning.registry import builtin_dir
+from recsys_lightning.builtin import builtin_dir
 
 CONFIGS = builtin_dir("lightning_configs").parent / "lightning_configs"
 EXPECTED = {"glm_tiny": "NativeGLM", "llama_tiny": "HFCausalLM", "glm_10b": "NativeGLM", "qwen2.5": "HFCausalLM",

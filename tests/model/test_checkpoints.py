@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from recsys_lightning.data.tokenizer import CLS, EOP, GMASK, MASK, SMASK, SOP, GLMTokens
+from recsys_lightning.infilling.tokens import CLS, EOP, GMASK, MASK, SMASK, SOP, GLMTokens
 from recsys_lightning.model.backbones import NativeGLM
 from recsys_lightning.model.checkpoints import glm_config, load_glm, save_glm
-from recsys_lightning.model.layout import blank_infilling_mask
+from recsys_lightning.infilling.layout import blank_infilling_mask
 from recsys_lightning.model.lora import LoRA
 from tests.conftest import make_glm
 from tests.model.conftest import (one_sample, write_glm_tokenizer_config, write_gpt2_vocab,

@@ -13,11 +13,11 @@ import yaml
 from lightning.pytorch.cli import instantiate_class
 
 from recsys_lightning.cli import main
-from recsys_lightning.data.tokenizer import GLMTokens
+from recsys_lightning.infilling.tokens import GLMTokens
 from recsys_lightning.model.export import export, restore
 from recsys_lightning.model.glm import GLMConfig, GLMModel
-from recsys_lightning.model.layout import blank_infilling_mask
-from recsys_lightning.registry import builtin_dir
+from recsys_lightning.infilling.layout import blank_infilling_mask
+from recsys_lightning.builtin import builtin_dir
 from tests.conftest import ONE_EPOCH, SEQUENTIAL_ONLY
 from tests.model.conftest import (one_sample, write_glm_tokenizer_config, write_gpt2_vocab, write_pretrained,
                                   write_thudm_checkpoint)

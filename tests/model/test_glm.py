@@ -1,7 +1,7 @@
 import torch
 
 from recsys_lightning.model.glm import GLMConfig
-from recsys_lightning.model.layout import Blank, blank_infilling_mask, collate_infill, infill
+from recsys_lightning.infilling.layout import Blank, blank_infilling_mask, collate_infill, infill
 from tests.conftest import make_glm
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recsys_lightning.data.tokenizer import GLMTokens
+from recsys_lightning.infilling.tokens import GLMTokens
 from recsys_lightning.generation.beam import trie_beam_search
 from recsys_lightning.generation.trie import ItemTrie
 from recsys_lightning.model.hf_glm import BLOCK_POSITIONS_FILE, HFCausalLM, additive_mask
-from recsys_lightning.model.layout import Blank, blank_infilling_mask, collate_infill, collate_part_a, infill
+from recsys_lightning.infilling.layout import Blank, blank_infilling_mask, collate_infill, collate_part_a, infill
 from recsys_lightning.model.lora import LoRA, trainable_fraction
 from tests.model.conftest import HF_CONFIGS, one_sample, write_pretrained
 

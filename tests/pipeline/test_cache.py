@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from recsys_lightning.data.cache import ExampleCache
-from recsys_lightning.data.datamodule import RecDataModule, TaskSpec
+from recsys_lightning.pipeline.cache import ExampleCache
+from recsys_lightning.pipeline.datamodule import RecDataModule, TaskSpec
 
 
 def module(root: Path, cache: Path, **options) -> RecDataModule:
@@ -35,7 +35,7 @@ def test_a_second_build_is_served_from_the_cache(tiny_reviews, tmp_path, monkeyp
     assert (first.cache.folder / "tokenizer.json").is_file() and (first.cache.folder / "key.json").is_file()
     assert "entity_tokens" in first._train[0].column_names
     monkeypatch.setattr(RecDataModule, "_rows", lambda *a, **k: pytest.fail("rows rebuilt despite the cache"))
-    monkeypatch.setattr("recsys_lightning.data.datamodule.train_tokenizer",
+    monkeypatch.setattr("recsys_lightning.pipeline.datamodule.train_tokenizer",
                         lambda *a, **k: pytest.fail("tokenizer retrained despite the cache"))
     second = module(tiny_reviews, tmp_path)
     second.setup("fit")
@@ -137,6 +137,6 @@ def test_decoding_options_share_the_key_of_the_rows_they_decode(tiny_reviews, tm
         return dm.cache.folder
 
     base = key()
-    assert key(transition_prior=0.5, prior_smoothing=2.0, prior_context=3, prior_decay=0.3,
-               prior_window=2) == base  # decoding only: the same rows
+    assert key(prior={"weight": 0.5, "smoothing": 2.0, "context": 3, "decay": 0.3,
+                      "window": 2}) == base  # a DecodingOption: the same rows
     assert key(crops=1) != base

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recsys_lightning.data.datamodule import RecDataModule, TaskSpec
+from recsys_lightning.pipeline.datamodule import RecDataModule, TaskSpec
 
 
 def request_ids(loader) -> list[int]:

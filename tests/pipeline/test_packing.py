@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recsys_lightning.data.datamodule import RecDataModule
-from recsys_lightning.data.packing import collate_packed, pack_steps, padding_fraction
-from recsys_lightning.model.layout import IGNORE, Blank, collate_infill, infill
+from recsys_lightning.pipeline.datamodule import RecDataModule
+from recsys_lightning.pipeline.packing import collate_packed, pack_steps, padding_fraction
+from recsys_lightning.infilling.layout import IGNORE, Blank, collate_infill, infill
 from recsys_lightning.module import RecSysLLM
 from tests.conftest import make_glm
 

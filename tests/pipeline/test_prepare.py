@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from recsys_lightning.cli import main
-from recsys_lightning.registry import builtin_dir
+from recsys_lightning.builtin import builtin_dir
 from tests.conftest import SHARED_DATA
 
 CONFIGS = builtin_dir("lightning_configs")

@@ -9,7 +9,7 @@ import datasets
 import pytest
 import torch
 
-from recsys_lightning.data.sampling import (ContiguousShard, StepSampler, evaluation_loader, one_per_row, request_order,
+from recsys_lightning.pipeline.sampling import (ContiguousShard, StepSampler, evaluation_loader, one_per_row, request_order,
                                            training_loader)
 
 

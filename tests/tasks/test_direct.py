@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recsys_lightning.data.datamodule import RecDataModule, TaskSpec
+from recsys_lightning.pipeline.datamodule import RecDataModule, TaskSpec
 
 
 def test_causal_direct_rows_open_the_blank_as_the_sequential_causal_rows_do(tiny_reviews):

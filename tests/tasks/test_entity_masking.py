@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from recsys_lightning.data.datamodule import RecDataModule, TaskSpec
-from recsys_lightning.data.encode import entity_token_spans, tokenize
+from recsys_lightning.pipeline.datamodule import RecDataModule, TaskSpec
+from recsys_lightning.pipeline.encode import entity_token_spans, tokenize
 from recsys_lightning.data.splits import training_sequences
 from recsys_lightning.data.textualize import user_name
-from recsys_lightning.model.layout import IGNORE
-from recsys_lightning.model.masking import merge_spans
+from recsys_lightning.infilling.layout import IGNORE
+from recsys_lightning.infilling.masking import merge_spans
 from tests.conftest import SHARED_DATA
-from tests.model.test_masking import filled_in
+from tests.infilling.test_masking import filled_in
 from tests.test_cli import run
 
 BEAUTY = SHARED_DATA / "beauty"
@@ -156,7 +156,7 @@ def test_bad_options_are_named():
 
 
 def test_a_text_whose_first_entity_cannot_fit_stops_the_build_naming_the_row(tiny_reviews):
-    from recsys_lightning.data.encode import EncodingError
+    from recsys_lightning.pipeline.encode import EncodingError
 
     dm = RecDataModule(tasks=[TaskSpec("entity_masking")], root=str(tiny_reviews), vocab_size=300, max_length=4,
                        cache_dir=None)

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from recsys_lightning.data.datamodule import RecDataModule, TaskSpec
-from recsys_lightning.registry import builtin_dir
+from recsys_lightning.pipeline.datamodule import RecDataModule, TaskSpec
+from recsys_lightning.builtin import builtin_dir
 from recsys_lightning.requests import NO, YES
 
 FAMILIES = ["sequential", "direct", "rating", "explanation", "review"]

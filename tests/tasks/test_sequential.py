@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recsys_lightning.data.datamodule import RecDataModule, TaskSpec
+from recsys_lightning.pipeline.datamodule import RecDataModule, TaskSpec
 from recsys_lightning.data.splits import leave_one_out
 from recsys_lightning.data.transitions import Transitions
 from recsys_lightning.generation.generator import Generator
-from recsys_lightning.model.layout import IGNORE
-from tasks.sequential import Sequential
+from recsys_lightning.infilling.layout import IGNORE
+from tasks.sequential import Sequential, TransitionPrior
 from tests.conftest import make_glm
 
 
@@ -91,8 +91,7 @@ def test_transition_prior_adds_the_markov_log_prior_of_the_last_items_to_the_ran
     family, batch = dm.families[0], next(iter(dm.test_dataloader()[0]))
     generator = Generator(make_glm(len(dm.tokenizer)), dm.tokens, beam_size=10, score_end=False)
     plain, plain_scores = family._rank(generator, batch)
-    family.transition_prior, family.prior_smoothing, family.prior_context, family.prior_decay = 0.7, 0.5, context, 0.3
-    family.prior_window, family.prior_counts = window, counts
+    family.prior = TransitionPrior(weight=0.7, smoothing=0.5, context=context, decay=0.3, window=window, counts=counts)
     ranked, scores = family._rank(generator, batch)
     histories = [list(items) for items in batch["seen_items"]]
     prior = Transitions(dm.data, window, 0.3, split).log_prior(histories, 0.5, context, 0.3)
@@ -106,24 +105,28 @@ def test_transition_prior_adds_the_markov_log_prior_of_the_last_items_to_the_ran
     assert ranked.tolist() != plain.tolist()
 
 
-def test_known_counts_take_each_batch_s_cut_from_its_histories(tiny_reviews):
+def test_known_counts_take_each_batch_s_split_from_the_batch(tiny_reviews):
     dm = causal_module(tiny_reviews)
     dm.setup("fit")
     dm.setup("test")
     family = dm.families[0]
-    family.prior_counts = "known"
     val, test = next(iter(dm.val_dataloader()[0])), next(iter(dm.test_dataloader()[0]))
-    assert family._split_of(val) == "val" and family._split_of(test) == "test"
+    assert val["split"] == "val" and test["split"] == "test"
     assert family.transitions("test").counts.sum() > family.transitions("val").counts.sum()
-    mixed = {**test, "seen_items": [test["seen_items"][0][:-1], *test["seen_items"][1:]]}
-    with pytest.raises(ValueError, match="mixes or misses the validation and test cuts"):
-        family._split_of(mixed)
-    with pytest.raises(ValueError, match="prior_counts must be one of"):
-        Sequential(prior_counts="all")
 
 
-@pytest.mark.parametrize("options", [{"transition_prior": -1.0}, {"prior_smoothing": 0.0}, {"prior_context": 0},
-                                     {"prior_window": 0}, {"prior_decay": 0.0}, {"prior_decay": 1.5}])
-def test_transition_prior_options_are_checked(options):
-    with pytest.raises(ValueError, match="transition_prior >= 0, prior_smoothing > 0, prior_context >= 1"):
-        Sequential(**options)
+def test_prior_is_one_typed_option_given_as_a_mapping():
+    family = Sequential(prior={"weight": 1.5, "context": 5, "decay": 0.7, "window": 5, "counts": "known"})
+    assert family.prior == TransitionPrior(weight=1.5, context=5, decay=0.7, window=5, counts="known")
+    assert Sequential().prior.weight == 0
+    with pytest.raises(ValueError, match="counts must be 'training' or 'known'"):
+        Sequential(prior={"counts": "all"})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'transition_prior'"):
+        Sequential(prior={"transition_prior": 1.0})
+
+
+@pytest.mark.parametrize("fields", [{"weight": -1.0}, {"smoothing": 0.0}, {"context": 0}, {"window": 0},
+                                    {"decay": 0.0}, {"decay": 1.5}])
+def test_transition_prior_fields_are_checked(fields):
+    with pytest.raises(ValueError, match="need weight >= 0, smoothing > 0, context >= 1"):
+        Sequential(prior=fields)

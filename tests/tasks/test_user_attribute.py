@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys_lightning.data.datamodule import RecDataModule, TaskSpec
+from recsys_lightning.pipeline.datamodule import RecDataModule, TaskSpec
 from tests.conftest import SHARED_DATA
 
 ML = SHARED_DATA / "ml-100k"
