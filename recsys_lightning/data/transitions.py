@@ -2,7 +2,7 @@
 parts, or over every interaction a split's requests come after.
 
 They give the Markov prior that sequential decoding can add to the model's item scores (the sequential family's
-`transition_prior`) and the count baseline of `scripts/transition_baseline.py`. By default only training parts are
+`prior`) and the count baseline of `benchmarks/transition_baseline.py`. By default only training parts are
 counted (all but each user's last two items); counted for the 'test' (or 'refit') split, the validation items join
 them (each user's second to last, which every test history holds), and no test item ever does.
 """
