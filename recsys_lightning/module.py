@@ -3,6 +3,7 @@ delegated to the task family each dataloader belongs to."""
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ from torchmetrics import MetricCollection
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from recsys_lightning.infilling.tokens import GLMTokens
+from recsys_lightning.errors import CheckpointError
 from recsys_lightning.data.textualize import describe_item
 from recsys_lightning.distributed import gather_for_decoding, merge_list_states, release_after_decoding, shard_network
 from recsys_lightning.generation.generator import Generator
@@ -22,12 +24,38 @@ from recsys_lightning.infilling.layout import IGNORE
 from recsys_lightning.model.lora import LoRA
 
 STAGE_PREFIX = {"fit": "val", "validate": "val", "test": "test", "predict": "predict"}
+# What must agree between a checkpoint's data and the current data for the checkpoint to be evaluated on it.
+FINGERPRINT_KEYS = ("dataset", "format", "items", "item_index", "tokenizer")
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """The serialized tokenizer when it is a fast one (exact identity), else its name or path."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     return backend.to_str() if backend is not None else str(tokenizer.name_or_path)
+
+
+def dataset_fingerprint(datamodule: Any) -> dict[str, Any]:
+    """What a checkpoint was trained on: dataset name and format, users, items, item ids and tokenizer (a hash).
+
+    Needs the data module's data and tokenizer (`load()`), not its examples, so it is checked before they are built.
+    """
+    data, tokenizer = datamodule.data, datamodule.tokenizer
+    return {"dataset": data.name, "format": datamodule.hparams.format, "users": data.num_users,
+            "items": data.num_items, "item_index": datamodule.hparams.item_index,
+            "tokenizer": hashlib.sha256(tokenizer_fingerprint(tokenizer).encode()).hexdigest()[:16]}
+
+
+def check_fingerprint(saved: Any, current: dict[str, Any], where: str) -> None:
+    """Refuse to evaluate (or resume) a checkpoint on other data than it was trained on; checkpoints written before
+    fingerprints were saved pass."""
+    if not isinstance(saved, dict):
+        return
+    differ = [k for k in FINGERPRINT_KEYS if k in saved and saved[k] != current.get(k)]
+    if differ:
+        was = ", ".join(f"{k} {saved[k]!r}" for k in differ)
+        now = ", ".join(f"{k} {current.get(k)!r}" for k in differ)
+        raise CheckpointError(f"{where} was trained on other data ({was}) than the configured data ({now}); use the "
+                              f"config it was trained with (its data.root, data.format, data.item_index)")
 
 
 def item_texts(datamodule: Any) -> dict[str, str]:
@@ -82,6 +110,10 @@ class RecSysLLM(L.LightningModule):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
+        if beam_size < 1:  # decoding takes max(beam_size, top_k): 0 would silently search with 10 beams
+            raise ValueError(f"model.beam_size must be at least 1, got {beam_size}")
+        if warmup_steps < 0:
+            raise ValueError(f"model.warmup_steps must be at least 0, got {warmup_steps}")
         self.backbone = backbone or NativeGLM()
         self.lora = lora
         self.save_hyperparameters()  # under LightningCLI: the given config (class_path dicts), so it reloads
@@ -91,8 +123,19 @@ class RecSysLLM(L.LightningModule):
         self.metric_sets = nn.ModuleDict()
 
     # --- set-up --------------------------------------------------------------------------------
+    def check_settings(self, datamodule: Any) -> None:
+        """Settings of the model and the data that cannot work together, refused before any work: the longest row
+        (`data.max_length`) must fit the backbone's position tables."""
+        positions = self.backbone.max_positions()
+        max_length = datamodule.hparams.max_length
+        if positions is not None and max_length > positions:
+            raise ValueError(f"data.max_length ({max_length}) exceeds the {positions} positions of "
+                             f"model.backbone ({type(self.backbone).__name__}); lower data.max_length or give the "
+                             f"backbone more positions")
+
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
+        self.check_settings(datamodule)
         self.tokenizer = datamodule.tokenizer
         self.tokens = GLMTokens.of(self.tokenizer)
         self.streams = datamodule.eval_streams
@@ -214,9 +257,15 @@ class RecSysLLM(L.LightningModule):
     # --- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokenizer"] = tokenizer_fingerprint(self.tokenizer)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if getattr(datamodule, "data", None) is not None:
+            checkpoint["dataset"] = dataset_fingerprint(datamodule)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("tokenizer")
         if saved is not None and saved != tokenizer_fingerprint(self.tokenizer):
             raise ValueError("the checkpoint was trained with another tokenizer than the data module's; run through "
                              "`recsys-lightning`, which loads the checkpoint's tokenizer, or set data.tokenizer")
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if getattr(datamodule, "data", None) is not None:
+            check_fingerprint(checkpoint.get("dataset"), dataset_fingerprint(datamodule), "the checkpoint")

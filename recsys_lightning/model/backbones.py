@@ -16,7 +16,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from recsys_lightning.infilling.tokenizer import load_backbone_tokenizer
-from recsys_lightning.model.checkpoints import check_source, load_glm, resolve_folder, save_glm
+from recsys_lightning.model.checkpoints import check_source, load_glm, read_json, resolve_folder, save_glm
 from recsys_lightning.model.glm import AttentionMask, GLMConfig, GLMModel
 from recsys_lightning.infilling.layout import blank_infilling_block_mask, blank_infilling_mask
 from recsys_lightning.model.lora import LoRA, LoRADefaults, apply_lora, merge_adapter
@@ -52,6 +52,11 @@ class Backbone(ABC):
     def pretrained(self) -> bool:
         """True when the base weights come from a checkpoint (so an adapter alone can rebuild the network)."""
         return False
+
+    def max_positions(self) -> int | None:
+        """How many positions the network's position tables hold (the longest row it can take), None if unknown
+        without building it (a hub model not downloaded yet)."""
+        return None
 
     @abstractmethod
     def save_merged(self, network: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path) -> dict[str, Any]:
@@ -127,6 +132,13 @@ class NativeGLM(Backbone):
     @property
     def pretrained(self) -> bool:
         return self.checkpoint is not None
+
+    def max_positions(self) -> int | None:
+        if self.checkpoint is None:
+            return self.sizes["max_sequence_length"]
+        config = Path(self.checkpoint).expanduser() / "config.json"  # a local THUDM folder (see glm_config)
+        value = read_json(config).get("max_sequence_length") if config.is_file() else None
+        return value + 1 if isinstance(value, int) else None
 
     def tokenizer(self) -> PreTrainedTokenizerBase | None:
         if self.checkpoint is not None and self._tokenizer is None:

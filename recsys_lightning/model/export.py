@@ -16,6 +16,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from recsys_lightning.infilling.tokenizer import wrap_tokenizer
+from recsys_lightning.errors import read_checkpoint
 from recsys_lightning.model.backbones import Backbone, NativeGLM
 from recsys_lightning.model.lora import LoRA
 
@@ -46,9 +47,7 @@ def backbone_config(hparams: dict[str, Any]) -> dict[str, Any]:
 
 def restore(ckpt_path: Path) -> Restored:
     """Rebuild the backbone, tokenizer, LoRA wrapping and trained weights of a `recsys-lightning fit` checkpoint."""
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such file")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(ckpt_path)  # weights-only; a missing, truncated or corrupt file is named
     hparams = ckpt.get("hyper_parameters")
     if not isinstance(hparams, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{ckpt_path}: not a Lightning checkpoint with hyper_parameters and state_dict")

@@ -9,6 +9,7 @@ list-of-(k, v) contract the beam search reorders.
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,6 +127,15 @@ class HFCausalLM(Backbone):
     @property
     def pretrained(self) -> bool:
         return self.model is not None
+
+    def max_positions(self) -> int | None:
+        """The rows of a learned position table (GPT-2's `n_positions`), given or in a local model folder's
+        config.json; None for rotary models (Llama, Qwen2, Mistral: no table to index past) and hub models."""
+        config = self.config
+        if config is None and self.model is not None and (Path(self.model) / "config.json").is_file():
+            config = json.loads((Path(self.model) / "config.json").read_text())
+        value = (config or {}).get("n_positions")
+        return value if isinstance(value, int) else None
 
     def tokenizer(self) -> PreTrainedTokenizerBase | None:
         if self.tokenizer_path is not None and self._tokenizer is None:
