@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import datasets
-import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -23,7 +22,8 @@ from recsys_lightning.pipeline.datamodule import RecDataModule
 from recsys_lightning.pipeline.prepare import prepare
 from recsys_lightning.infilling.tokenizer import wrap_tokenizer
 from recsys_lightning.model.export import export
-from recsys_lightning.module import RecSysLLM
+from recsys_lightning.errors import CheckpointError, checkpoint_file, read_checkpoint, report_errors
+from recsys_lightning.module import RecSysLLM, check_fingerprint, dataset_fingerprint
 from recsys_lightning.registry import discover
 
 
@@ -42,10 +42,13 @@ class RecSysCLI(LightningCLI):
         """The checkpoint's saved model hyperparameters become defaults under the config files and command line.
         Lightning's own merge puts them on top, silently undoing e.g. `test --model.score_end false`."""
         subcommand = self.config.get("subcommand")
-        ckpt = Path(self.config[subcommand].get("ckpt_path") or "") if subcommand else None
-        if ckpt is None or not ckpt.is_file():
+        ckpt = given_checkpoint(self.config[subcommand].get("ckpt_path")) if subcommand else None
+        if ckpt is None:
             return
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
+        saved = read_checkpoint(ckpt)  # a missing, truncated or corrupt file stops here, named
+        if ckpt.is_dir():
+            return
+        saved = saved.get("hyper_parameters") or {}
         saved = {f"model.{key}": value for key, value in saved.items() if not key.startswith("_")}
         if saved:
             self._subcommand_parsers[subcommand].set_defaults(saved)
@@ -64,17 +67,26 @@ class RecSysCLI(LightningCLI):
     def _before_evaluation(self) -> None:
         """Load checkpoints weights-only, and decode with the tokenizer the checkpoint was trained with."""
         config = self.config_init[self.subcommand]
+        self.model.check_settings(self.datamodule)
         if config.get("weights_only") is None:
             config["weights_only"] = True
         if self.subcommand == "test":
             config["verbose"] = False  # ResultsWriter prints one table, seen and unseen side by side
-        ckpt = Path(config["ckpt_path"]) if config.get("ckpt_path") else None
-        if ckpt is not None and ckpt.is_dir():  # a sharded (FSDP2) checkpoint keeps everything but tensors here
-            ckpt = ckpt / "meta.pt"
-        if ckpt is not None and ckpt.is_file() and self.model.backbone.tokenizer() is None:
-            saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("tokenizer")
-            if isinstance(saved, str) and saved.startswith("{"):
-                self.datamodule.use_tokenizer(wrap_tokenizer(Tokenizer.from_str(saved)))
+        ckpt = given_checkpoint(config.get("ckpt_path"))
+        if ckpt is None:
+            return
+        meta = read_checkpoint(ckpt)  # a sharded (FSDP2) checkpoint keeps everything but tensors in meta.pt
+        backbone_tokenizer = self.model.backbone.tokenizer()
+        saved = meta.get("tokenizer")
+        if backbone_tokenizer is None and isinstance(saved, str) and saved.startswith("{"):
+            self.datamodule.use_tokenizer(wrap_tokenizer(Tokenizer.from_str(saved)))
+        if isinstance(meta.get("dataset"), dict):
+            # the data the checkpoint was trained on must be the configured data: compared on the dataset and the
+            # tokenizer alone, before any example is built (the data module reads them once either way)
+            if backbone_tokenizer is not None and self.datamodule.tokenizer is None:
+                self.datamodule.use_tokenizer(backbone_tokenizer)
+            self.datamodule.load()
+            check_fingerprint(meta["dataset"], dataset_fingerprint(self.datamodule), f"--ckpt_path {ckpt}")
 
     def before_fit(self) -> None:
         self._keep_earlier_checkpoints()
@@ -97,6 +109,20 @@ class RecSysCLI(LightningCLI):
                              "or move the earlier checkpoints away")
 
     before_validate = before_test = before_predict = _before_evaluation
+
+
+LIGHTNING_CHECKPOINTS = ("last", "best", "hpc")  # names Lightning resolves itself
+
+
+def given_checkpoint(value: Any) -> Path | None:
+    """The checkpoint path given with --ckpt_path (None when none is, or it is a name Lightning resolves); one
+    that does not exist is an error before any work."""
+    if not value or str(value) in LIGHTNING_CHECKPOINTS or str(value).startswith("registry"):
+        return None
+    path = Path(value)
+    if not checkpoint_file(path).is_file():
+        raise CheckpointError(f"--ckpt_path {value}: no such checkpoint file")
+    return path
 
 
 def list_tasks(argv: Sequence[str]) -> None:
@@ -125,6 +151,13 @@ def export_checkpoint(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run a subcommand. The project's errors (bad data, settings, prompts, task registry, checkpoints) end it with
+    one line `recsys-lightning: error: <message>` on stderr and exit status 2; RECSYS_LIGHTNING_DEBUG=1 shows their
+    full traceback instead."""
+    report_errors(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "tasks":
         list_tasks(args[1:])

@@ -407,3 +407,179 @@ def test_line_breaks_inside_a_line_are_data_not_line_ends(tmp_path):
     write_gz(root, [*rows[:9], *rows[10:]])
     data = load_dataset("amazon_reviews", root, 0)
     assert "one\u0085two\u2028three" in data.review and len(data.item) == 19
+
+
+# --- settings and checkpoints, checked before any work ----------------------------------------------------------
+def fake_checkpoint(path: Path, **extra) -> Path:
+    """A checkpoint file as `fit` writes one, without weights: enough for every check made before examples."""
+    import torch
+
+    torch.save({"hyper_parameters": {"beam_size": 10}, "state_dict": {}, **extra}, path)
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-a-zip", "empty", "a-list"])
+def test_a_damaged_checkpoint_is_named(damage, tmp_path):
+    from recsys_lightning.errors import CheckpointError, read_checkpoint
+
+    path = fake_checkpoint(tmp_path / "best.ckpt", dataset={"dataset": "Tiny_5"})
+    good = path.read_bytes()
+    damaged = {"truncated": good[: len(good) // 2], "not-a-zip": b"not a checkpoint", "empty": b""}.get(damage)
+    if damaged is None:
+        import torch
+
+        torch.save([1, 2], path)
+    else:
+        path.write_bytes(damaged)
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    assert_one_line(str(err.value))
+    assert str(path) in str(err.value) and path.read_bytes() == before
+    assert re.search(r"not a (readable|training) checkpoint", str(err.value))
+
+
+# --- the CLI: one line, exit status 2, before any work ----------------------------------------------------------
+CONFIG = REPO / "lightning_configs" / "demo.yaml"
+TINY = ["--model.backbone.init_args.hidden_size", "32", "--model.backbone.init_args.num_layers", "1",
+        "--model.backbone.init_args.num_attention_heads", "2", "--data.vocab_size", "300",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false",
+        "--data.tasks", '[{"name": "sequential"}]', "--checkpoint.monitor", "val/sequential/ndcg@10"]
+TOKENIZER_CORPUS = ["user item bought next " + " ".join(map(str, range(50)))] * 10
+
+
+@dataclass(frozen=True)
+class CliCase:
+    id: str
+    args: Callable[[Path, Path], list[str]]  # (tmp_path, data root) -> argv
+    pattern: str
+
+
+def _run_args(sub: str, *extra: str) -> Callable[[Path, Path], list[str]]:
+    def make(tmp: Path, root: Path) -> list[str]:
+        ckpt = ["--checkpoint.dirpath", str(tmp / "ckpt")] if sub == "fit" else []
+        words = [w.replace("{tmp}", str(tmp)) for w in extra]
+        return [sub, "--config", str(CONFIG), *TINY, "--data.root", str(root), "--data.cache_dir", str(tmp / "cache"),
+                "--trainer.default_root_dir", str(tmp / "runs"), "--trainer.logger.init_args.save_dir",
+                str(tmp / "runs"), *ckpt, *words]
+    return make
+
+
+def _prepare_args(*extra: str) -> Callable[[Path, Path], list[str]]:
+    def make(tmp: Path, root: Path) -> list[str]:
+        words = [w.replace("{tmp}", str(tmp)).replace("{root}", str(root)) for w in extra]
+        return ["prepare", "--config", str(CONFIG), "--data.root", str(root), "--data.cache_dir", str(tmp / "cache"),
+                "--data.tasks", '[{"name": "sequential"}]', *words]
+    return make
+
+
+def _plain(*extra: str) -> Callable[[Path, Path], list[str]]:
+    return lambda tmp, root: [w.replace("{tmp}", str(tmp)) for w in extra]
+
+
+CLI_CASES = [
+    CliCase("fit-unknown-task", _run_args("fit", "--data.tasks", '[{"name": "sequentail"}]'), r"sequentail"),
+    CliCase("fit-bad-weight", _run_args("fit", "--data.tasks", '[{"name": "sequential", "weight": -1}]'),
+            r"weight must be > 0, got -1"),
+    CliCase("fit-bad-option", _run_args("fit", "--data.tasks", '[{"name": "sequential", "options": {"colour": 1}}]'),
+            r"data.tasks\[0\] \(sequential\): bad options"),
+    CliCase("fit-bad-template", _run_args("fit", "--data.tasks",
+                                          '[{"name": "sequential", "prompts": "{tmp}/bad_prompts.yaml"}]'),
+            r"bad_prompts.yaml"),
+    CliCase("fit-beam-size-0", _run_args("fit", "--model.beam_size", "0"), r"model.beam_size must be at least 1, got 0"),
+    CliCase("fit-max-length-past-positions", _run_args("fit", "--data.max_length", "5000", "--data.pack_length", "6000"),
+            r"data.max_length \(5000\) exceeds the 640 positions of model.backbone"),
+    CliCase("fit-label-smoothing", _run_args("fit", "--model.label_smoothing", "1.5"), r"model.label_smoothing"),
+    CliCase("fit-missing-data-root", _run_args("fit", "--data.root", "{tmp}/nowhere"),
+            r"data.root: dataset folder .*nowhere does not exist"),
+    CliCase("fit-missing-resume-checkpoint", _run_args("fit", "--ckpt_path", "{tmp}/gone.ckpt"),
+            r"--ckpt_path .*gone.ckpt: no such checkpoint file"),
+    CliCase("test-mismatched-checkpoint", _run_args("test", "--ckpt_path", "{tmp}/beauty.ckpt"),
+            r"--ckpt_path .*beauty.ckpt was trained on other data \(dataset 'Beauty', format 's3rec', items 12101"),
+    CliCase("validate-mismatched-checkpoint", _run_args("validate", "--ckpt_path", "{tmp}/beauty.ckpt"),
+            r"beauty.ckpt was trained on other data"),
+    CliCase("test-truncated-checkpoint", _run_args("test", "--ckpt_path", "{tmp}/truncated.ckpt"),
+            r"truncated.ckpt: not a readable checkpoint, truncated or corrupt"),
+    CliCase("predict-corrupt-checkpoint", _run_args("predict", "--ckpt_path", "{tmp}/corrupt.ckpt"),
+            r"corrupt.ckpt: not a readable checkpoint"),
+    CliCase("test-missing-checkpoint", _run_args("test", "--ckpt_path", "{tmp}/gone.ckpt"),
+            r"gone.ckpt: no such checkpoint file"),
+    CliCase("prepare-truncated-gzip", _prepare_args("--data.root", "{tmp}/truncated_gz"),
+            r"reviews_Tiny_5.json.gz:\d+: the gzip stream is truncated or corrupt"),
+    CliCase("prepare-unknown-format", _prepare_args("--data.format", "parquet"),
+            r"data.format: unknown dataset format 'parquet'"),
+    CliCase("prepare-unknown-task", _prepare_args("--data.tasks", '[{"name": "nope"}]'), r"'nope'"),
+    CliCase("prepare-beam-size-0", _prepare_args("--model.beam_size", "0"), r"model.beam_size must be at least 1"),
+    CliCase("tasks-missing-task-dir", _plain("tasks", "--task_dirs", "{tmp}/no_such_dir"), r"no_such_dir"),
+    CliCase("export-truncated-checkpoint", _plain("export", "--ckpt_path", "{tmp}/truncated.ckpt", "--out",
+                                                  "{tmp}/exported"), r"truncated.ckpt: not a readable checkpoint"),
+    CliCase("export-missing-checkpoint", _plain("export", "--ckpt_path", "{tmp}/gone.ckpt", "--out", "{tmp}/exported"),
+            r"gone.ckpt"),
+]
+
+
+@pytest.fixture(scope="module")
+def cli_world(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny review folder, its truncated copy, bad prompts, fake/damaged checkpoints, an existing cache entry."""
+    import torch
+
+    from recsys_lightning.infilling.tokenizer import train_tokenizer
+    from recsys_lightning.module import tokenizer_fingerprint
+
+    tmp = tmp_path_factory.mktemp("cli")
+    root = amazon(tmp, n=300)
+    broken = tmp / "truncated_gz"
+    shutil.copytree(root, broken)
+    gz = broken / "reviews_Tiny_5.json.gz"
+    gz.write_bytes(gz.read_bytes()[:-200])
+    (tmp / "bad_prompts.yaml").write_text("templates:\n  - {id: s-1, text: 'Which {colour} next?', target: item}\n")
+    tokenizer = tokenizer_fingerprint(train_tokenizer(TOKENIZER_CORPUS, vocab_size=100))
+    fake_checkpoint(tmp / "beauty.ckpt", tokenizer=tokenizer,
+                    dataset={"dataset": "Beauty", "format": "s3rec", "users": 22363, "items": 12101,
+                             "item_index": "sequential", "tokenizer": "0" * 16})
+    good = (tmp / "beauty.ckpt").read_bytes()
+    (tmp / "truncated.ckpt").write_bytes(good[: len(good) // 2])
+    (tmp / "corrupt.ckpt").write_bytes(bytes(len(good)))
+    (tmp / "cache" / "Tiny_5-0123456789abcdef").mkdir(parents=True)  # an earlier run's cache entry
+    (tmp / "cache" / "Tiny_5-0123456789abcdef" / "key.json").write_text("{}")
+    torch.save({"state_dict": {}}, tmp / "cache" / "unrelated.pt")
+    return tmp, root
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=lambda c: c.id)
+def test_the_cli_refuses_with_one_line_and_status_2(case: CliCase, cli_world, capsys, monkeypatch):
+    from recsys_lightning.cli import main
+
+    monkeypatch.delenv("RECSYS_LIGHTNING_DEBUG", raising=False)
+    tmp, root = cli_world
+    before = snapshot(tmp)
+    with pytest.raises(SystemExit) as stop:
+        main(case.args(tmp, root))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    errors = [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert len(errors) == 1 and errors[0].startswith("recsys-lightning: error: "), err
+    assert re.search(case.pattern, errors[0]), (case.pattern, errors[0])
+    after = snapshot(tmp)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing existing changed
+    assert not [k for k in after if k not in before and ("examples-" in k or k.endswith(".ckpt"))]  # no work done
+
+
+def test_end_to_end_one_line_and_the_debug_traceback(cli_world):
+    """The installed entry point as a user runs it: one line and status 2; RECSYS_LIGHTNING_DEBUG=1 shows the
+    traceback of the same error."""
+    import os
+    import subprocess
+    import sys
+
+    tmp, root = cli_world
+    argv = [sys.executable, "-m", "recsys_lightning.cli", *_run_args("fit", "--model.beam_size", "0")(tmp, root)]
+    env = {k: v for k, v in os.environ.items() if k != "RECSYS_LIGHTNING_DEBUG"}
+    plain = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert plain.returncode == 2, plain.stderr
+    assert plain.stderr.strip().splitlines()[-1] == "recsys-lightning: error: model.beam_size must be at least 1, got 0"
+    assert "Traceback" not in plain.stderr and plain.stdout == ""
+    debug = subprocess.run(argv, capture_output=True, text=True, env={**env, "RECSYS_LIGHTNING_DEBUG": "1"}, cwd=REPO,
+                           timeout=300)
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == "ValueError: model.beam_size must be at least 1, got 0"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -60,15 +62,25 @@ def test_fit_then_test_writes_checkpoints_and_results(tmp_path, tiny_reviews, ca
     assert scores == sorted(scores, reverse=True)
 
 
-def test_a_fresh_fit_leaves_an_earlier_runs_checkpoints_alone(tmp_path, tiny_reviews):
+def test_a_fresh_fit_leaves_an_earlier_runs_checkpoints_alone(tmp_path, tiny_reviews, capsys):
     earlier = tmp_path / "ckpt" / "best.ckpt"
     earlier.parent.mkdir()
     earlier.write_bytes(b"an earlier run")
-    with pytest.raises(ValueError, match=r"ckpt already holds best.ckpt from an earlier fit: resume it with "
-                                         r"--ckpt_path .*best.ckpt, give this run its own folder"):
+    with refused(capsys, r"recsys-lightning: error: checkpoint.dirpath .*ckpt already holds best.ckpt from an "
+                         r"earlier fit: resume it with --ckpt_path .*best.ckpt, give this run its own folder"):
         run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY)
     assert [p.name for p in earlier.parent.iterdir()] == ["best.ckpt"] and earlier.read_bytes() == b"an earlier run"
     assert not (tmp_path / "cache").exists()  # refused before any data preparation
+
+
+@contextmanager
+def refused(capsys, pattern: str):
+    """The command stops with one line `recsys-lightning: error: ...` matching `pattern` and exit status 2."""
+    with pytest.raises(SystemExit) as stop:
+        yield
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and re.search(pattern, err), err
+    assert [line for line in err.splitlines() if "error" in line] == [err.strip().splitlines()[-1]]
 
 
 def trained_steps(log: Path) -> list[int]:
@@ -76,10 +88,10 @@ def trained_steps(log: Path) -> list[int]:
 
 
 def test_a_requeued_slurm_fit_resumes_from_its_hpc_checkpoint_into_the_same_folder(tmp_path, tiny_reviews,
-                                                                                    monkeypatch):
+                                                                                    monkeypatch, capsys):
     first = trained_steps(run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY))
     shutil.copy(tmp_path / "ckpt" / "last.ckpt", tmp_path / "hpc_ckpt_1.ckpt")  # what SIGUSR1 + requeue leave
-    with pytest.raises(ValueError, match="already holds best.ckpt, last.ckpt"):  # not under SLURM: no resume
+    with refused(capsys, "already holds best.ckpt, last.ckpt"):  # not under SLURM: no resume
         run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY)
     for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "recsys", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
                        "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost", "SLURM_JOB_ID": "7"}.items():
@@ -197,22 +209,23 @@ def test_print_config_round_trips(capsys):
     assert config["checkpoint"]["save_last"] is True
 
 
-def test_unscored_end_token_needs_prefix_free_item_ids_and_fails_before_training(tmp_path, tiny_reviews):
-    with pytest.raises(ValueError, match=r"model.score_end: false needs .* family 'sequential'"):
+def test_unscored_end_token_needs_prefix_free_item_ids_and_fails_before_training(tmp_path, tiny_reviews, capsys):
+    with refused(capsys, r"model.score_end: false needs .* family 'sequential'"):
         run("fit", tmp_path, tiny_reviews, "--model.score_end", "false")  # demo ids are digits: 1 begins 12
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
-def test_bad_family_option_fails_before_training(tmp_path, tiny_reviews):
-    with pytest.raises(ValueError, match=r"data.tasks\[0\] \(sequential\): bad options"):
+def test_bad_family_option_fails_before_training(tmp_path, tiny_reviews, capsys):
+    with refused(capsys, r"data.tasks\[0\] \(sequential\): bad options"):
         run("fit", tmp_path, tiny_reviews, "--data.tasks", '[{"name": "sequential", "options": {"colour": 1}}]',
             "--checkpoint.monitor", "val/sequential/ndcg@10")
 
 
-def test_a_refit_fits_without_validation_and_refuses_families_it_cannot_refit_before_training(tmp_path, tiny_reviews):
+def test_a_refit_fits_without_validation_and_refuses_families_it_cannot_refit_before_training(tmp_path, tiny_reviews,
+                                                                                           capsys):
     refit = ["--config", str(builtin_dir("lightning_configs") / "method" / "refit.yaml"),  # its own run folders:
              "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
-    with pytest.raises(ValueError, match=r"families \['rating', 'explanation', 'review'\] cannot"):
+    with refused(capsys, r"families \['rating', 'explanation', 'review'\] cannot"):
         run("fit", tmp_path / "mixed", tiny_reviews, *refit)  # the demo's tasks: sequential, direct, rating
     assert not list(tmp_path.rglob("*.ckpt"))
     out = run("fit", tmp_path, tiny_reviews, *refit, *SEQUENTIAL_ONLY)

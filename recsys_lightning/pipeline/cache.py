@@ -2,7 +2,10 @@
 in one folder per key, the key hashing the data files and every config value that changes the rows.
 
 Writes are atomic: each entry is built in a temporary folder and renamed into place, so a failed or
-interrupted build leaves existing entries untouched, and concurrent builders (one per process) never mix.
+interrupted build leaves existing entries untouched. Builds hold a lock (`<folder>.lock` beside the key folder, an
+OS file lock that a killed process releases): of two processes (`prepare`s, fits) wanting the same entry, one
+builds it and the other waits, then reads it. Every write happens under that lock, so a `.tmp-*` entry found while
+holding it was left by a killed build and is removed.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from datasets import Dataset
+from filelock import FileLock, Timeout
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
@@ -68,6 +74,30 @@ class ExampleCache:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._lock = FileLock(str(folder.parent / f"{folder.name}.lock"))
+
+    @contextmanager
+    def building(self) -> Iterator[None]:
+        """Hold the folder's build lock (waiting, with a note on stderr, while another process builds), after
+        removing what killed builds left behind."""
+        try:
+            self._lock.acquire(timeout=1)
+        except Timeout:
+            print(f"recsys-lightning: waiting for another process building {self.folder} ...", file=sys.stderr,
+                  flush=True)
+            self._lock.acquire()
+        try:
+            self.clean_stale()
+            yield
+        finally:
+            self._lock.release()
+
+    def clean_stale(self) -> list[Path]:
+        """Remove `.tmp-*` entries: called with the lock held, when no build can be writing them."""
+        stale = sorted(self.folder.glob(".tmp-*")) if self.folder.is_dir() else []
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        return stale
 
     @classmethod
     def open(cls, cache_dir: str | Path, name: str, key: Mapping[str, Any]) -> ExampleCache:
@@ -75,9 +105,21 @@ class ExampleCache:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         cache = cls(Path(cache_dir) / f"{safe}-{key_hash(key)[:16]}")
         cache.folder.mkdir(parents=True, exist_ok=True)
+        if any(cache.folder.glob(".tmp-*")):  # a killed build's leftovers, unless a build is running now
+            try:
+                cache._lock.acquire(timeout=0)
+            except Timeout:
+                pass
+            else:
+                try:
+                    cache.clean_stale()
+                finally:
+                    cache._lock.release()
         if not (cache.folder / "key.json").is_file():
-            cache._publish(cache.folder / "key.json",
-                           lambda tmp: tmp.write_text(json.dumps(key, indent=1, sort_keys=True, default=str)))
+            with cache.building():
+                if not (cache.folder / "key.json").is_file():
+                    cache._publish(cache.folder / "key.json",
+                                   lambda tmp: tmp.write_text(json.dumps(key, indent=1, sort_keys=True, default=str)))
         return cache
 
     def _publish(self, target: Path, write: Callable[[Path], None]) -> None:
@@ -100,15 +142,19 @@ class ExampleCache:
         """The cached dataset `name` (a relative path), built and saved first when absent."""
         path = self.folder / name
         if not path.is_dir():
-            built = build()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._publish(path, lambda tmp: built.save_to_disk(str(tmp)))
+            with self.building():
+                if not path.is_dir():  # built by another process while this one waited
+                    built = build()
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    self._publish(path, lambda tmp: built.save_to_disk(str(tmp)))
         return Dataset.load_from_disk(str(path))
 
     def tokenizer(self, build: Callable[[], PreTrainedTokenizerBase]) -> PreTrainedTokenizerBase:
         """The cached locally trained tokenizer, trained and saved first when absent."""
         path = self.folder / "tokenizer.json"
         if not path.is_file():
-            built = build()
-            self._publish(path, lambda tmp: tmp.write_text(built.backend_tokenizer.to_str()))
+            with self.building():
+                if not path.is_file():
+                    built = build()
+                    self._publish(path, lambda tmp: tmp.write_text(built.backend_tokenizer.to_str()))
         return wrap_tokenizer(Tokenizer.from_file(str(path)))

@@ -9,7 +9,6 @@ and any other override work as they do there.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import Any, Optional, Sequence
 
@@ -17,10 +16,7 @@ import datasets
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from recsys_lightning.pipeline.datamodule import RecDataModule
-from recsys_lightning.data.schema import DataError
 from recsys_lightning.module import RecSysLLM
-from recsys_lightning.prompts import PromptError
-from recsys_lightning.registry import RegistryError
 
 IGNORED_SECTIONS = ("trainer", "checkpoint", "optimizer", "lr_scheduler")
 
@@ -45,16 +41,14 @@ def prepare(argv: Sequence[str]) -> dict[str, Any]:
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
     datasets.disable_progress_bars()
     start = time.perf_counter()
-    try:
-        built = instantiate(config)
-        module: RecDataModule = built.data
-        backbone_tokenizer = built.model.backbone.tokenizer()
-        if backbone_tokenizer is not None:
-            module.use_tokenizer(backbone_tokenizer)
-        for stage in ("fit", "test"):
-            module.setup(stage)
-    except (DataError, PromptError, RegistryError) as err:
-        sys.exit(f"recsys-lightning prepare: error: {err}")
+    built = instantiate(config)  # errors (bad data, task, option, template) end main() with one line
+    module: RecDataModule = built.data
+    built.model.check_settings(module)
+    backbone_tokenizer = built.model.backbone.tokenizer()
+    if backbone_tokenizer is not None:
+        module.use_tokenizer(backbone_tokenizer)
+    for stage in ("fit", "test"):
+        module.setup(stage)
     stats = {**module.stats(), "cache": str(module.cache.folder) if module.cache else None,
              "seconds": round(time.perf_counter() - start, 2)}
     print(json.dumps(stats), flush=True)

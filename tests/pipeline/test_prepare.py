@@ -48,7 +48,9 @@ def test_prepare_stops_on_bad_input_naming_file_and_line(tiny_reviews, tmp_path,
         f.write("\n".join([*lines[:3], '{"reviewerID": "u", "asin"', *lines[3:]]) + "\n")
     with pytest.raises(SystemExit) as stop:
         prepare(capsys, "demo.yaml", broken, tmp_path / "cache")
-    assert "reviews_Tiny_5.json.gz:4: not a JSON object" in str(stop.value.code)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and "\n" not in err
+    assert err.startswith("recsys-lightning: error: ") and "reviews_Tiny_5.json.gz:4: not a JSON object" in err
     assert sorted(p for p in (tmp_path / "cache").rglob("*")) == cached and good["users"] == 40
 
 
