@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -117,13 +118,27 @@ def test_the_atomic_io_is_added_unless_one_is_configured():
     assert with_atomic_checkpoints(None, DDPStrategy(checkpoint_io=chosen)) == []
 
 
+def full_disk_message(capsys, fit) -> str:
+    """The one line a fit that fills the disk ends with: the CLI's `recsys-lightning: error: ...` on stderr (exit 2),
+    or the error itself where the CLI lets it propagate."""
+    with pytest.raises((CheckpointWriteError, SystemExit)) as caught:
+        fit()
+    if isinstance(caught.value, SystemExit):
+        assert caught.value.code == 2
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+    else:
+        message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
 def test_a_fit_whose_disk_fills_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, tiny_reviews,
-                                                                                        monkeypatch):
+                                                                                        monkeypatch, capsys):
     disk_fills_after(monkeypatch, 10_000, writes_before=2)  # last.ckpt at steps 1 and 2, then the disk is full
-    with pytest.raises(CheckpointWriteError, match=r"checkpoint .*last.ckpt not written: no space left on the device "
-                                                   r"\(.* free in .*\); the earlier checkpoints there are intact"):
-        run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, "--trainer.max_steps", "5",
-            "--checkpoint.every_n_train_steps", "1")
+    message = full_disk_message(capsys, lambda: run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY,
+                                                    "--trainer.max_steps", "5", "--checkpoint.every_n_train_steps", "1"))
+    assert re.search(r"checkpoint .*/ckpt/last.ckpt not written: no space left on the device \(.* free in .*\); "
+                     r"the earlier checkpoints there are intact", message)
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["last.ckpt"]
     assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 2
 
@@ -151,13 +166,15 @@ def small_tmpfs(tmp_path):
     subprocess.run(["umount", str(mount)], check=True)
 
 
-def test_a_fit_on_a_real_full_disk_stops_with_one_line_and_keeps_last_ckpt(tmp_path, tiny_reviews, small_tmpfs):
+def test_a_fit_on_a_real_full_disk_stops_with_one_line_and_keeps_last_ckpt(tmp_path, tiny_reviews, small_tmpfs,
+                                                                            capsys):
     folder = small_tmpfs / "ckpt"  # logs and the data cache stay on tmp_path
-    with pytest.raises(CheckpointWriteError, match=rf"checkpoint {folder}/last.ckpt not written: no space left"):
-        main(["fit", "--config", str(REPO / "lightning_configs" / "demo.yaml"), *TINY, *SEQUENTIAL_ONLY,
-              "--data.root", str(tiny_reviews), "--trainer.default_root_dir", str(tmp_path),
-              "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--data.cache_dir", str(tmp_path / "cache"),
-              "--trainer.max_steps", "5", "--checkpoint.every_n_train_steps", "1", "--checkpoint.dirpath", str(folder),
-              "--trainer.callbacks+=tests.test_checkpoint_io.FillDisk"])
+    message = full_disk_message(capsys, lambda: main([
+        "fit", "--config", str(REPO / "lightning_configs" / "demo.yaml"), *TINY, *SEQUENTIAL_ONLY,
+        "--data.root", str(tiny_reviews), "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--data.cache_dir", str(tmp_path / "cache"),
+        "--trainer.max_steps", "5", "--checkpoint.every_n_train_steps", "1", "--checkpoint.dirpath", str(folder),
+        "--trainer.callbacks+=tests.test_checkpoint_io.FillDisk"]))
+    assert f"checkpoint {folder}/last.ckpt not written: no space left on the device (" in message
     assert sorted(p.name for p in folder.iterdir()) == ["filler", "last.ckpt"]
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 1
