@@ -335,3 +335,13 @@ def test_text_initialised_item_tokens_start_at_their_pooled_text_encoding(minilm
     assert network.training  # the encoding ran in eval mode and the mode is restored
     torch.testing.assert_close(pooled_encodings(network.model, tokenizer, list(texts.values())), pooled,
                                atol=1e-5, rtol=1e-4)
+
+
+def test_item_tokens_keep_the_default_init_unless_text_is_asked_for(tmp_path):
+    write_tiny_bert(tmp_path / "bert")
+    assert not HFEncoder(model=str(tmp_path / "bert")).wants_item_texts  # `mean`: the module never calls the hook
+    assert HFEncoder(model=str(tmp_path / "bert"), init_item_tokens="text").wants_item_texts
+    backbone = HFEncoder(model=str(tmp_path / "bert"), init_item_tokens="text")
+    tokenizer = backbone.tokenizer()
+    with pytest.raises(ValueError, match="needs atomic item tokens"):
+        backbone.init_item_tokens(backbone.build(tokenizer), tokenizer, {})
