@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
@@ -82,6 +82,7 @@ class RecDataModule(L.LightningDataModule):
     def __init__(
         self,
         tasks: list[TaskSpec] | None = None,
+        family_options: dict[str, dict[str, Any]] | None = None,
         root: str | None = None,
         format: str = "amazon_reviews",
         item_index: str = "sequential",
@@ -102,6 +103,9 @@ class RecDataModule(L.LightningDataModule):
         """
         Args:
             tasks: the families to train and evaluate, with sampling weights (default: sequential).
+            family_options: options per family name that every task of that family takes unless its own `options`
+                set them: a dataset's defaults, so method overlays that replace `tasks` keep them (Yelp's repeat
+                visits: `{sequential: {exclude_history: false}}`).
             root: dataset folder; None uses the bundled Musical Instruments demo data.
             format: adapter that reads `root` (amazon_reviews, s3rec, movielens, restaurant).
             item_index: how items are written as text (sequential, random, title, atomic, p5).
@@ -127,11 +131,16 @@ class RecDataModule(L.LightningDataModule):
         specs = tasks if tasks is not None else [TaskSpec("sequential")]
         if not specs:
             raise ValueError("data.tasks: select at least one task family")
+        known = discover(task_dirs or [])
+        defaults = family_options or {}
+        if set(defaults) - set(known):
+            raise ValueError(f"data.family_options: unknown task families {sorted(set(defaults) - set(known))}; "
+                             f"registered: {sorted(known)}")
+        specs = [replace(spec, options={**defaults.get(spec.name, {}), **spec.options}) for spec in specs]
         if pack_length is not None and pack_length < max_length:
             raise ValueError(f"data.pack_length ({pack_length}) must be at least data.max_length ({max_length})")
         self.save_hyperparameters(ignore=["tasks"])
         self.hparams["tasks"] = [asdict(spec) for spec in specs]  # plain data, so checkpoints load weights-only
-        discover(task_dirs or [])
         self.families: list[TaskFamily] = [self._family(i, spec) for i, spec in enumerate(specs)]
         names = [f.name for f in self.families]
         if len(set(names)) != len(names):

@@ -48,3 +48,17 @@ def test_stats_give_each_familys_mean_training_row_length(tiny_reviews):
 def test_a_refit_needs_families_that_can_train_on_the_validation_items(tiny_reviews):
     with pytest.raises(ValueError, match=r"data.refit: families \['rating'\] cannot train on the validation items"):
         RecDataModule(tasks=[TaskSpec("sequential"), TaskSpec("rating")], root=str(tiny_reviews), refit=True)
+
+
+def test_family_options_are_defaults_that_a_task_s_own_options_override(tiny_reviews):
+    def module(**options) -> RecDataModule:
+        return RecDataModule(tasks=[TaskSpec("sequential", options=options), TaskSpec("direct")],
+                             family_options={"sequential": {"exclude_history": False, "max_history": 7}},
+                             root=str(tiny_reviews), cache_dir=None)
+
+    sequential, direct = module().families
+    assert (sequential.exclude_history, sequential.max_history) == (False, 7)
+    assert module(max_history=3).families[0].max_history == 3
+    assert module().hparams["tasks"][0]["options"] == {"exclude_history": False, "max_history": 7}  # in the cache key
+    with pytest.raises(ValueError, match=r"data.family_options: unknown task families \['sequentail'\]"):
+        RecDataModule(family_options={"sequentail": {}}, root=str(tiny_reviews), cache_dir=None)
