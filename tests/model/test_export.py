@@ -83,7 +83,9 @@ def test_native_glm_lora_export_round_trip(tmp_path, tiny_reviews):
                                                     num_attention_heads=4, max_sequence_length=257)))
     config = backbone_yaml(tmp_path, "recsys_lightning.model.backbones.NativeGLM", checkpoint=str(base),
                            hidden_dropout=0.0, attention_dropout=0.0)
-    cli("fit", tmp_path, tiny_reviews, config, extra=("--model.lr", "0.05"))
+    # rows within the base's 257 positions (a longer data.max_length is refused before training)
+    cli("fit", tmp_path, tiny_reviews, config, extra=("--model.lr", "0.05", "--data.max_length", "256",
+                                                      "--data.pack_length", "256"))
     check_round_trip(tmp_path / "ckpt" / "last.ckpt", tmp_path / "export")
     merged = yaml.safe_load((tmp_path / "export" / "backbone.yaml").read_text())["model"]["backbone"]["init_args"]
     assert merged["checkpoint"] == str((tmp_path / "export").resolve()) and merged["adapter"] is None
