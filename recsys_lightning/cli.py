@@ -22,7 +22,8 @@ from recsys_lightning.pipeline.datamodule import RecDataModule
 from recsys_lightning.pipeline.prepare import prepare
 from recsys_lightning.infilling.tokenizer import wrap_tokenizer
 from recsys_lightning.model.export import export
-from recsys_lightning.errors import CheckpointError, checkpoint_file, read_checkpoint, report_errors
+from recsys_lightning.errors import CheckpointError, checkpoint_file, read_checkpoint
+from recsys_lightning.report import report_errors
 from recsys_lightning.module import RecSysLLM, check_fingerprint, dataset_fingerprint
 from recsys_lightning.registry import discover
 

@@ -1,9 +1,10 @@
-"""User-facing errors: a checkpoint's metadata read safely (weights-only; a damaged file named), and the one-line
-`recsys-lightning: error: <message>` (exit status 2) every subcommand reports the project's errors with."""
+"""Checkpoints read safely: weights-only, with a missing or damaged file named in a `CheckpointError`."""
 
 from __future__ import annotations
 
+import errno
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -40,58 +41,54 @@ def read_checkpoint(path: str | Path, key: str = "--ckpt_path") -> dict[str, Any
     return ckpt
 
 
-# --- one-line errors for every subcommand ------------------------------------------------------------------------
-DEBUG_ENV = "RECSYS_LIGHTNING_DEBUG"
-PACKAGE = Path(__file__).resolve().parent
-PROG = "recsys-lightning"
+# --- checkpoints that could not be written (single files: checkpoint_io; sharded folders: distributed) -----------
+NO_SPACE = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}
 
 
-def _own_types() -> tuple[type[BaseException], ...]:
-    """The project's error types (imported here, when an error is reported, to keep this module free of cycles)."""
-    from recsys_lightning.checkpoint_io import CheckpointWriteError
-    from recsys_lightning.data.schema import DataError
-    from recsys_lightning.prompts import PromptError
-    from recsys_lightning.registry import RegistryError
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, quota); its one-line message names the file and the free space."""
 
-    return DataError, PromptError, RegistryError, CheckpointError, CheckpointWriteError
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.message = message
 
-
-def _raised_by_us(err: BaseException) -> bool:
-    """True when the innermost frame that raised `err` is this package's or a shipped task family's code."""
-    tb = err.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if tb is None:
-        return False
-    from recsys_lightning.builtin import builtin_dir
-
-    path = Path(tb.tb_frame.f_code.co_filename).resolve()
-    return any(path.is_relative_to(root) for root in (PACKAGE, builtin_dir("tasks").resolve()))
+    def __str__(self) -> str:
+        return self.message
 
 
-def is_user_error(err: BaseException) -> bool:
-    """An error whose message is meant for the user: the project's own types, or a ValueError / FileNotFoundError /
-    FileExistsError that our code raised about a setting (`data.max_length ...`, `model.beam_size ...`)."""
-    if isinstance(err, _own_types()):
-        return True
-    return isinstance(err, (ValueError, FileNotFoundError, FileExistsError)) and _raised_by_us(err)
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
 
 
-def one_line(err: BaseException) -> str:
-    message = " ".join(str(err).split("\n")).strip() or type(err).__name__
-    return f"{PROG}: error: {message}"
+def no_space(error: BaseException | None) -> int | None:
+    """ENOSPC or EDQUOT when the error is, or was raised while handling, a full disk: torch.save's zip writer
+    answers a failed write with its own RuntimeError ("unexpected pos ...") on exit, and torch.distributed.checkpoint
+    raises a CheckpointException that carries each failed rank's error in `failures` ({rank: (error, traceback)})."""
+    pending, seen = [error], set()
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in NO_SPACE:
+            return error.errno
+        failures = getattr(error, "failures", None)
+        if isinstance(failures, dict):
+            pending += [f[0] if isinstance(f, tuple) else f for f in failures.values()
+                        if isinstance(f[0] if isinstance(f, tuple) else f, BaseException)]
+        pending += [error.__context__, error.__cause__]
+    return None
 
 
-def report_errors(run: Any) -> Any:
-    """Call `run()`; a user error (see `is_user_error`) becomes one line `recsys-lightning: error: <message>` on
-    stderr and exit status 2. With RECSYS_LIGHTNING_DEBUG=1 it propagates with its full traceback."""
-    import os
-    import sys
-
-    try:
-        return run()
-    except Exception as err:  # noqa: BLE001 - anything not ours propagates unchanged below
-        if os.environ.get(DEBUG_ENV, "") not in ("", "0") or not is_user_error(err):
-            raise
-        print(one_line(err), file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+def checkpoint_write_error(path: str | Path, code: int) -> CheckpointWriteError:
+    """The one-line error of a checkpoint (file or sharded folder) a full disk or quota stopped, with the free space
+    left beside it; call it once the partial write is removed, so the earlier checkpoints are what remains."""
+    folder = Path(path).parent
+    free = shutil.disk_usage(folder).free
+    return CheckpointWriteError(code, (
+        f"checkpoint {path} not written: {NO_SPACE[code]} ({human_bytes(free)} free in {folder}); "
+        f"the earlier checkpoints there are intact; free some space and resume from the latest one"))

@@ -20,7 +20,7 @@ LAYERS = (
     ("distributed", "module"),            # the LightningModule
     ("pipeline",),                        # the data pipeline: datamodule, encoding, packing, sampling, cache
     ("callbacks", "checkpoint_io"),       # results files, last.ckpt, RNG state; atomic checkpoint writes
-    ("cli",),
+    ("cli", "report"),                    # subcommands; their one-line errors
 )
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
