@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recsys_lightning.data.transitions import Transitions
-from tests.scripts.test_transition_baseline import DATA
+from tests.benchmarks.test_transition_baseline import DATA
 
 
 def test_followers_count_only_the_training_parts():
