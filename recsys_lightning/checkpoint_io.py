@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -23,26 +22,10 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from fsspec.implementations.local import LocalFileSystem
 
-NO_SPACE = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}
+from recsys_lightning.errors import NO_SPACE, CheckpointWriteError, checkpoint_write_error, human_bytes, no_space
 
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (disk full, quota); its one-line message names the file and the free space."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(code, message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
+__all__ = ["NO_SPACE", "AtomicCheckpointIO", "CheckpointWriteError", "atomic_write", "human_bytes", "temp_name",
+           "with_atomic_checkpoints"]
 
 
 def temp_name(path: Path) -> str:
@@ -59,18 +42,6 @@ def _fsync_folder(folder: Path) -> None:
             raise
     finally:
         os.close(fd)
-
-
-def _no_space(error: BaseException | None) -> int | None:
-    """ENOSPC or EDQUOT when the error is, or was raised while handling, a full disk: torch.save's zip writer
-    answers a failed write with its own RuntimeError ("unexpected pos ...") on exit."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in NO_SPACE:
-            return error.errno
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
@@ -93,12 +64,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         os.replace(tmp, path)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
-        code = _no_space(error)
+        code = no_space(error)
         if code is not None:
-            free = shutil.disk_usage(folder).free
-            raise CheckpointWriteError(code, (
-                f"checkpoint {path} not written: {NO_SPACE[code]} ({human_bytes(free)} free in {folder}); "
-                f"the earlier checkpoints there are intact; free some space and resume from the latest one")) from error
+            raise checkpoint_write_error(path, code) from error
         raise
     _fsync_folder(folder)
 
