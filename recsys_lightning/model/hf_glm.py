@@ -123,6 +123,7 @@ class HFCausalLM(Backbone):
         self.trust_remote_code = trust_remote_code
         self.adapter = adapter
         self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._own_tokens: int | None = None  # the backbone tokenizer's size, GLM's tokens included
 
     @property
     def pretrained(self) -> bool:
@@ -140,6 +141,7 @@ class HFCausalLM(Backbone):
     def tokenizer(self) -> PreTrainedTokenizerBase | None:
         if self.tokenizer_path is not None and self._tokenizer is None:
             self._tokenizer = load_backbone_tokenizer(self.tokenizer_path, self.trust_remote_code)
+            self._own_tokens = len(self._tokenizer)  # tokens added later (atomic item ids) are new to the model
         return self._tokenizer
 
     def _load(self, vocab_size: int) -> PreTrainedModel:
@@ -175,13 +177,15 @@ class HFCausalLM(Backbone):
         return self.max_block_positions
 
     def lora_defaults(self, network: nn.Module, tokenizer: PreTrainedTokenizerBase) -> LoRADefaults:
-        """Per model_type targets; for a pretrained model also the rows of GLM's tokens in both embeddings."""
+        """Per model_type targets; for a pretrained model also the rows of GLM's tokens and of every token added to
+        the pretrained vocabulary (atomic item tokens), in both embeddings."""
         hf = unwrap(network.model)
         targets, fan_in_fan_out = LORA_TARGETS.get(hf.config.model_type, ((), False))
         rows: dict[str, list[int]] = {}
         if self.pretrained:
             names = {id(module): name for name, module in hf.named_modules()}
-            ids = GLMTokens.of(tokenizer).all_ids
+            added = range(self._own_tokens or len(tokenizer), len(tokenizer))
+            ids = sorted({*GLMTokens.of(tokenizer).all_ids, *added})
             rows = {names[id(m)]: ids for m in (hf.get_input_embeddings(), hf.get_output_embeddings()) if m is not None}
         return LoRADefaults(targets, fan_in_fan_out, trainable_tokens=rows)
 

@@ -130,7 +130,7 @@ def test_lora_targets_per_family(family, tokenizer, tokens):
 
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_pretrained_folder_gets_glm_tokens_and_their_rows_train_under_lora(tmp_path, tied):
+def test_pretrained_folder_gets_glm_and_item_tokens_and_their_rows_train_under_lora(tmp_path, tied):
     base_vocab = write_pretrained(tmp_path / "llama", tied=tied)
     backbone = HFCausalLM(model=str(tmp_path / "llama"))
     tokenizer = backbone.tokenizer()
@@ -138,6 +138,8 @@ def test_pretrained_folder_gets_glm_tokens_and_their_rows_train_under_lora(tmp_p
     assert glm.cls == tokenizer.convert_tokens_to_ids("<s>") and glm.eos == glm.pad == 2  # reuses bos / eos
     assert len(tokenizer) == base_vocab + 5  # [MASK], [gMASK], [sMASK], <|startofpiece|>, <|endofpiece|>
     assert tokenizer.decode(tokenizer("Guitar 42", add_special_tokens=False)["input_ids"]) == "Guitar 42"
+    tokenizer.add_tokens(["<item_0>", "<item_1>"])  # atomic item ids, as the data module adds them
+    items = tokenizer.convert_tokens_to_ids(["<item_0>", "<item_1>"])
     network = backbone.build(tokenizer)
     assert network.model.get_input_embeddings().num_embeddings == len(tokenizer)
     wrapped = backbone.add_lora(network, LoRA(r=2, dropout=0.0), tokenizer).train()
@@ -146,7 +148,7 @@ def test_pretrained_folder_gets_glm_tokens_and_their_rows_train_under_lora(tmp_p
     before_in = network.model.get_base_model().get_input_embeddings().weight.detach().clone()
     before_out = network.model.get_base_model().get_output_embeddings().weight.detach().clone()
     optimizer = torch.optim.SGD([p for p in wrapped.parameters() if p.requires_grad], lr=1.0)
-    batch = one_sample(glm, [5, 6, 7], [8, 9])
+    batch = one_sample(glm, [5, items[0], 7], [items[1], 9])
     for _ in range(2):  # LoRA's B starts at zero, so A moves from the second step
         optimizer.zero_grad()
         logits = forward(wrapped, batch)
@@ -157,8 +159,9 @@ def test_pretrained_folder_gets_glm_tokens_and_their_rows_train_under_lora(tmp_p
     after_out = network.model.get_base_model().get_output_embeddings().weight.detach()
     changed_in = (after_in != before_in).any(1).nonzero().flatten().tolist()
     changed_out = (after_out != before_out).any(1).nonzero().flatten().tolist()
-    assert set(changed_in) <= set(glm.all_ids) and glm.sop in changed_in  # only GLM rows move, as inputs...
-    assert set(changed_out) <= set(glm.all_ids) and glm.eop in changed_out  # ...and as outputs
+    new = set(glm.all_ids) | set(items)
+    assert set(changed_in) <= new and {glm.sop, *items} <= set(changed_in)  # only new rows move, as inputs...
+    assert set(changed_out) <= new and {glm.eop, items[1]} <= set(changed_out)  # ...and as outputs
     if tied:  # peft ties the output rows to the input rows: one set of values serves both
         torch.testing.assert_close(after_in, after_out)
     assert not (tmp_path / "llama" / BLOCK_POSITIONS_FILE).exists()
