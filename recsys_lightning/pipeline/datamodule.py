@@ -20,7 +20,7 @@ from recsys_lightning.pipeline.encode import encode_masked_rows, encode_rows
 from recsys_lightning.data.indexing import ItemIndex, build_index
 from recsys_lightning.pipeline.sampling import evaluation_loader, example_lengths, request_order, training_loader
 from recsys_lightning.data.schema import RecData
-from recsys_lightning.data.splits import TRAINING_SPLITS
+from recsys_lightning.data.splits import SPLIT_IDS, TRAINING_SPLITS, review_split
 from recsys_lightning.data.textualize import describe_item, describe_user, with_templates
 from recsys_lightning.infilling.tokens import GLMTokens
 from recsys_lightning.infilling.tokenizer import load_tokenizer, train_tokenizer
@@ -221,10 +221,12 @@ class RecDataModule(L.LightningDataModule):
         return backbone.tokenizer() if backbone is not None else None
 
     def _corpus(self) -> Iterator[str]:
-        """Text a local tokenizer learns from: the dataset's words, item renderings and descriptions, templates."""
+        """Text a local tokenizer learns from: the training split's reviews and summaries (no word of a held-out
+        review enters the vocabulary), item renderings and descriptions, templates."""
         assert self.data is not None and self.index is not None
-        yield from (t for t in self.data.review if t)
-        yield from (t for t in self.data.summary if t)
+        training = np.flatnonzero(review_split(self.data, self.hparams.seed) == SPLIT_IDS["train"]).tolist()
+        yield from (t for t in (self.data.review[row] for row in training) if t)
+        yield from (t for t in (self.data.summary[row] for row in training) if t)
         if not self.index.new_tokens:
             yield " ".join(self.index.strings)
         yield from (describe_item(self.data, self.index, i).text for i in range(self.data.num_items))
