@@ -1,7 +1,8 @@
 """Explanation generation: user and item (and a feature hint) -> a review sentence explaining the choice.
 
 Targets come from `data/explanations.py` (a review sentence mentioning a frequent item feature, the feature
-word being the hint); requests follow the 80/10/10 review split. Greedy decoding; BLEU-4 and ROUGE-1/2/L.
+word being the hint); requests follow the 80/10/10 review split. Greedy decoding (or beam search or seeded sampling, the `decoding`
+option); BLEU-4 and ROUGE-1/2/L.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from recsys_lightning.generation.generator import Generator
 from recsys_lightning.metrics import text_metrics, update_text
 from recsys_lightning.registry import register_task
 from recsys_lightning.requests import interaction_meta, review_rows
+from recsys_lightning.texts import TextDecodingOption, generate_text
 
 
 @register_task("explanation")
@@ -28,14 +30,22 @@ class Explanation(TaskFamily):
     entity_slots = frozenset({"user", "item", "feature"})
     meta_columns = ("user_id", "item_id", "reference")
 
-    def __init__(self, weight: float = 1.0, max_new_tokens: int = 32) -> None:
+    def __init__(self, weight: float = 1.0, max_new_tokens: int = 32,
+                 decoding: TextDecodingOption | None = None) -> None:
         """
         Args:
             weight: sampling weight in the training mix.
             max_new_tokens: longest generated explanation in tokens.
+            decoding: how explanations are decoded (`TextDecodingOption`; a mapping of its fields in a config, e.g.
+                `{method: beam, num_beams: 4}` or `{method: sample, top_p: 0.9, seed: 1}`); None: greedy.
         """
         super().__init__(weight)
         self.max_new_tokens = max_new_tokens
+        self.decoding = TextDecodingOption.of(decoding) or TextDecodingOption()
+
+    def generate(self, generator: Generator, batch: dict[str, Any]) -> list[str]:
+        """The batch's explanations under the family's decoding."""
+        return generate_text(self.ctx, generator, batch, self.max_new_tokens, self.decoding)
 
     def requests(self, data: RecData, split: str) -> Iterator[Request]:
         explanations = extract_explanations(data)
@@ -53,10 +63,10 @@ class Explanation(TaskFamily):
         return text_metrics(4)
 
     def evaluate(self, generator: Generator, batch: dict[str, Any], metrics: dict[str, Metric]) -> None:
-        update_text(metrics, self.ctx.generate_text(generator, batch, self.max_new_tokens), batch["reference"])
+        update_text(metrics, self.generate(generator, batch), batch["reference"])
 
     def predict(self, generator: Generator, batch: dict[str, Any]) -> list[dict[str, Any]]:
         data = self.ctx.data
         return [{"user": data.users[u], "item": data.items[i], "explanation": text}
                 for u, i, text in zip(batch["user_id"].tolist(), batch["item_id"].tolist(),
-                                      self.ctx.generate_text(generator, batch, self.max_new_tokens))]
+                                      self.generate(generator, batch))]

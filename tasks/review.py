@@ -1,6 +1,7 @@
 """Review tasks: review text -> its summary (title), and review text -> its star rating.
 
-Requests follow the 80/10/10 review split. Summary templates are decoded greedily (BLEU-2, ROUGE-1/2/L);
+Requests follow the 80/10/10 review split. Summary templates are decoded greedily (or by beam search or seeded
+sampling, the `decoding` option; BLEU-2, ROUGE-1/2/L);
 rating templates over the valid rating strings (RMSE, MAE).
 """
 
@@ -18,6 +19,7 @@ from recsys_lightning.metrics import rating_metrics, text_metrics, update_rating
 from recsys_lightning.ratings import RatingDecoder, rating_text
 from recsys_lightning.registry import register_task
 from recsys_lightning.requests import interaction_meta, review_rows
+from recsys_lightning.texts import TextDecodingOption, generate_text
 
 
 @register_task("review")
@@ -29,18 +31,25 @@ class Review(TaskFamily):
     meta_columns = ("user_id", "item_id", "reference", "rating_value")
 
     def __init__(self, weight: float = 1.0, max_review_words: int = 48, max_new_tokens: int = 16,
-                 constrained: bool = True) -> None:
+                 constrained: bool = True, decoding: TextDecodingOption | None = None) -> None:
         """
         Args:
             weight: sampling weight in the training mix.
             max_review_words: review text is cut to its first words, so prompts stay short.
             max_new_tokens: longest generated summary in tokens.
             constrained: decode ratings over the valid strings; False generates freely and parses the number.
+            decoding: how summaries are decoded (`TextDecodingOption`; a mapping of its fields in a config, e.g.
+                `{method: beam, num_beams: 4}`); None: greedy.
         """
         super().__init__(weight)
         self.max_review_words = max_review_words
         self.max_new_tokens = max_new_tokens
         self.constrained = constrained
+        self.decoding = TextDecodingOption.of(decoding) or TextDecodingOption()
+
+    def summarize(self, generator: Generator, batch: dict[str, Any]) -> list[str]:
+        """The batch's summaries under the family's decoding."""
+        return generate_text(self.ctx, generator, batch, self.max_new_tokens, self.decoding)
 
     def setup(self, context: FamilyContext) -> None:
         super().setup(context)
@@ -61,13 +70,13 @@ class Review(TaskFamily):
 
     def evaluate(self, generator: Generator, batch: dict[str, Any], metrics: dict[str, Metric]) -> None:
         if batch["target_slot"] == "summary":
-            update_text(metrics, self.ctx.generate_text(generator, batch, self.max_new_tokens), batch["reference"])
+            update_text(metrics, self.summarize(generator, batch), batch["reference"])
         else:
             update_rating(metrics, self.ratings.decode(generator, batch), batch["rating_value"])
 
     def predict(self, generator: Generator, batch: dict[str, Any]) -> list[dict[str, Any]]:
         if batch["target_slot"] == "summary":
-            answers = [{"summary": text} for text in self.ctx.generate_text(generator, batch, self.max_new_tokens)]
+            answers = [{"summary": text} for text in self.summarize(generator, batch)]
         else:
             answers = [{"rating": r} for r in self.ratings.decode(generator, batch)]
         data = self.ctx.data

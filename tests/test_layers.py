@@ -16,7 +16,7 @@ LAYERS = (
     ("generation",),                      # Trie beam search, candidate scoring, greedy infilling
     ("metrics", "prompts"),
     ("family",),                          # the task-family contract
-    ("registry", "requests", "ratings"),  # what task families build on
+    ("registry", "requests", "ratings", "texts"),  # what task families build on
     ("distributed", "module"),            # the LightningModule
     ("pipeline",),                        # the data pipeline: datamodule, encoding, packing, sampling, cache
     ("callbacks", "checkpoint_io"),       # results files, last.ckpt, RNG state; atomic checkpoint writes

@@ -6,11 +6,12 @@ from typing import Any
 
 import torch
 
+from recsys_lightning.data.schema import seeded_hash
 from recsys_lightning.infilling.tokens import GLMTokens
 from recsys_lightning.generation.beam import trie_beam_search
 from recsys_lightning.generation.blank import Model
 from recsys_lightning.generation.scoring import score_candidates
-from recsys_lightning.generation.text import greedy_infill
+from recsys_lightning.generation.text import TextDecoding, beam_infill, greedy_infill, sample_infill
 from recsys_lightning.generation.trie import ItemTrie
 
 
@@ -51,7 +52,17 @@ class Generator:
         """
         return self.score_candidates(batch, candidates, self.score_end)
 
-    def generate(self, batch: dict[str, Any], max_new_tokens: int) -> list[list[int]]:
-        """Greedy free text filling each prompt's blank, without <|endofpiece|>."""
-        return greedy_infill(self.model, batch["input_ids"], batch["lengths"], batch["mask_index"], self.tokens.sop,
-                             self.tokens.eop, max_new_tokens, batch.get("part_b_ids"))
+    def generate(self, batch: dict[str, Any], max_new_tokens: int, decoding: TextDecoding | None = None
+                 ) -> list[list[int]]:
+        """Free text filling each prompt's blank, without <|endofpiece|>: greedy, or as `decoding` says (sampling
+        seeds each row by `decoding.seed` and its request id, so its text does not depend on the batch)."""
+        decoding = decoding or TextDecoding()
+        args = (self.model, batch["input_ids"], batch["lengths"], batch["mask_index"], self.tokens.sop,
+                self.tokens.eop, max_new_tokens)
+        if decoding.method == "beam":
+            return beam_infill(*args, decoding.num_beams, batch.get("part_b_ids"))[0]
+        if decoding.method == "sample":
+            ids = batch.get("request_id", torch.arange(len(batch["input_ids"]))).tolist()
+            return sample_infill(*args, [seeded_hash(decoding.seed, "sample", i) for i in ids], decoding.temperature,
+                                 decoding.top_k, decoding.top_p, batch.get("part_b_ids"))
+        return greedy_infill(*args, batch.get("part_b_ids"))
