@@ -13,15 +13,20 @@ import dataclasses
 import string
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Protocol
 
-from recsys_lightning.data.indexing import ItemIndex
 from recsys_lightning.data.schema import DataError, RecData
 
 Entity = tuple[int, int, str]
 DEFAULT_TEMPLATES = {"user": "{user}", "item": "item {item}"}
 KINDS = ("user", "item")
 SPECS = ("", "an")
+
+
+class ItemNames(Protocol):
+    """How items are written (an `ItemIndex`); a protocol, so indexers may describe items before they name them."""
+
+    def render(self, item: int) -> str: ...
 
 
 class TemplateError(DataError):
@@ -165,7 +170,7 @@ def with_templates(data: RecData, overrides: Mapping[str, str] | None) -> RecDat
     return dataclasses.replace(data, templates=merged)
 
 
-def describe_item(data: RecData, index: ItemIndex, item: int) -> Described:
+def describe_item(data: RecData, index: ItemNames, item: int) -> Described:
     """The item's description; a feature equal to the item's own rendering (a title index) is left out."""
     rendered = index.render(item)
     values: dict[str, Any] = {name: column[item] for name, column in data.item_features.items()}

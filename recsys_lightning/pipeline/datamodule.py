@@ -17,7 +17,8 @@ from transformers import PreTrainedTokenizerBase
 from recsys_lightning.data.adapters import load_dataset
 from recsys_lightning.pipeline.cache import ExampleCache, code_hash, data_fingerprint, files_hash, tokenizer_hash
 from recsys_lightning.pipeline.encode import encode_masked_rows, encode_rows
-from recsys_lightning.data.indexing import ItemIndex, build_index
+from recsys_lightning.data.embeddings import model_fingerprint
+from recsys_lightning.data.indexing import ItemIndex, SemanticIds, build_index
 from recsys_lightning.pipeline.sampling import evaluation_loader, example_lengths, request_order, training_loader
 from recsys_lightning.data.schema import RecData
 from recsys_lightning.data.splits import SPLIT_IDS, TRAINING_SPLITS, review_split
@@ -99,6 +100,7 @@ class RecDataModule(L.LightningDataModule):
         num_proc: int = 1,
         pack_length: int | None = None,
         refit: bool = False,
+        semantic: SemanticIds | None = None,
     ) -> None:
         """
         Args:
@@ -108,7 +110,7 @@ class RecDataModule(L.LightningDataModule):
                 visits: `{sequential: {exclude_history: false}}`).
             root: dataset folder; None uses the bundled Musical Instruments demo data.
             format: adapter that reads `root` (amazon_reviews, s3rec, movielens, restaurant).
-            item_index: how items are written as text (sequential, random, title, atomic, p5).
+            item_index: how items are written as text (sequential, random, title, atomic, p5, semantic).
             tokenizer: a tokenizer folder or hub name; None uses a pretrained backbone's own tokenizer, or trains a
                 BPE tokenizer on the dataset's text.
             vocab_size: vocabulary size of a locally trained tokenizer.
@@ -126,6 +128,8 @@ class RecDataModule(L.LightningDataModule):
             refit: fit on each user's validation item too (the 'refit' split), for a final model once the recipe and
                 its steps were chosen on validation; there is then nothing held out to validate on, so fitting has
                 no validation (the test item stays unseen). Every family must support it (`TaskFamily.refits`).
+            semantic: settings of `item_index: semantic` (levels, codes per level, k-means seed, encoder batch size,
+                encoder); None: the defaults, `{levels: 3, codes: 256, seed: 0}`.
         """
         super().__init__()
         specs = tasks if tasks is not None else [TaskSpec("sequential")]
@@ -139,8 +143,10 @@ class RecDataModule(L.LightningDataModule):
         specs = [replace(spec, options={**defaults.get(spec.name, {}), **spec.options}) for spec in specs]
         if pack_length is not None and pack_length < max_length:
             raise ValueError(f"data.pack_length ({pack_length}) must be at least data.max_length ({max_length})")
-        self.save_hyperparameters(ignore=["tasks"])
+        self.save_hyperparameters(ignore=["tasks", "semantic"])
         self.hparams["tasks"] = [asdict(spec) for spec in specs]  # plain data, so checkpoints load weights-only
+        self.hparams["semantic"] = asdict(semantic) if semantic is not None else None
+        self.semantic = semantic or SemanticIds()
         self.families: list[TaskFamily] = [self._family(i, spec) for i, spec in enumerate(specs)]
         names = [f.name for f in self.families]
         if len(set(names)) != len(names):
@@ -181,11 +187,12 @@ class RecDataModule(L.LightningDataModule):
         hp = self.hparams
         root = Path(hp.root) if hp.root else DEMO_ROOT
         self.data = with_templates(load_dataset(hp.format, root, hp.seed), hp.textualize)
-        self.index = build_index(hp.item_index, self.data, hp.seed)
-        if self.tokenizer is None and not hp.tokenizer:
-            self.tokenizer = self._backbone_tokenizer()
         if hp.cache_dir:
             self.cache = ExampleCache.open(hp.cache_dir, self.data.name, self._cache_key(root))
+        memo = self.cache.json_value if self.cache is not None else None  # semantic codes: built once per key
+        self.index = build_index(hp.item_index, self.data, hp.seed, self.semantic, memo)
+        if self.tokenizer is None and not hp.tokenizer:
+            self.tokenizer = self._backbone_tokenizer()
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(hp.tokenizer) if hp.tokenizer else self._local_tokenizer()
         self.tokenizer.add_tokens(list(self.index.new_tokens))
@@ -203,7 +210,13 @@ class RecDataModule(L.LightningDataModule):
         return {"root": str(root.resolve()), "files": data_fingerprint(root), "format": hp.format,
                 "item_index": hp.item_index, "seed": hp.seed, "textualize": self.data.templates,
                 "tokenizer": hp.tokenizer or {"local_vocab_size": hp.vocab_size}, "max_length": hp.max_length,
-                "families": families, "code": code_hash()}
+                "families": families, "code": code_hash(), **self._semantic_key()}
+
+    def _semantic_key(self) -> dict[str, Any]:
+        """Semantic ids' settings and the encoder's file hash (a changed encoder rebuilds the codes); else nothing."""
+        if self.hparams.item_index != "semantic":
+            return {}
+        return {"semantic": {**asdict(self.semantic), "encoder_files": model_fingerprint(self.semantic.encoder)}}
 
     def _local_tokenizer(self) -> PreTrainedTokenizerBase:
         """A BPE tokenizer trained on the dataset (with any atomic item tokens), from the cache when there."""
@@ -366,6 +379,8 @@ class RecDataModule(L.LightningDataModule):
             for stream, ds in zip(self.eval_streams, datasets):
                 counts[stream.family.name][f"{split}-{stream.name}"] = len(ds)
         stats = {**self.data.stats(), "item_index": self.hparams.item_index, "examples": counts}
+        if self.index is not None and self.index.info:
+            stats[f"{self.index.kind}_ids"] = self.index.info  # how semantic codes came out (levels, collisions)
         if self._train:  # how long each family's training rows are: text rows cost steps (docs/results.md)
             stats["train_tokens_mean"] = {f.name: round(float(np.mean(example_lengths([ds]))), 1)
                                           for f, ds in zip(self.families, self._train)}

@@ -54,12 +54,13 @@ def test_sequential_ids_are_assigned_over_training_interactions_first(tiny_revie
 
 
 # --- leak-free indexing --------------------------------------------------------------------------------------------
-LEAK_FREE = ("sequential", "random", "title", "atomic")
+LEAK_FREE = ("sequential", "random", "title", "atomic", "semantic")
 
 
 def rebuild(data: RecData, replace_held_out: bool) -> RecData:
-    """`data` with titles (a few shared, to exercise the suffixes) and each user's last two items moved strictly
-    after the rest; optionally those two replaced by other items (brand-new ones and existing ones)."""
+    """`data` with titles (a few shared, to exercise the suffixes and semantic collisions) in its item descriptions
+    and each user's last two items moved strictly after the rest; optionally those two replaced by other items
+    (brand-new ones and existing ones)."""
     users, items, times = [], [], []
     last = int(data.timestamp.max())
     for u in range(data.num_users):
@@ -73,7 +74,8 @@ def rebuild(data: RecData, replace_held_out: bool) -> RecData:
         items += keys
         times += stamps
     titles = {k: f"Title {sum(map(ord, k)) % 40}" for k in set(items)}
-    return RecData.build("leak", users, items, times, seed=3, item_features={"title": titles})
+    return RecData.build("leak", users, items, times, seed=3, item_features={"title": titles},
+                         templates={"item": "item {item}[ is {title}]"})  # semantic ids encode the titles
 
 
 def training_view(data: RecData, kind: str) -> tuple[dict, list, list, tuple]:
