@@ -21,9 +21,12 @@ demo: install
 test: install
 	$(BIN)/pytest -q
 
-# Trie-constrained top-k decoding on Beauty: our beam search vs Hugging Face generate (same model, same users).
+# Trie-constrained top-k decoding on Beauty: our beam search vs Hugging Face generate (same model, same users), with
+# items as digit ids, then as semantic ids (4 code tokens; codes computed once into .cache/bench_generate/): one JSON
+# line each, the semantic one last.
 bench-generate: install
 	$(BIN)/python benchmarks/bench_generate.py $(BENCH_GENERATE_ARGS)
+	$(BIN)/python benchmarks/bench_generate.py --item-index semantic $(BENCH_GENERATE_ARGS)
 
 # Training throughput on this machine: our packed GLM step vs a causal-SDPA reference of the same size (JSON last
 # line: tokens/s, padding fraction, MFU, ratio). One GPU at GLM-Large size: benchmarks/gpu_train.sh

@@ -7,7 +7,14 @@ native GLM: ours through the model contract, HF `generate` through `GLMForGenera
 match (`length_penalty=0`, `early_stopping=False`: scores are sums of log-probabilities), so both should
 return the same top-k items for every user. The last printed line is one JSON object.
 
-Only torch, transformers and our generation/model modules are imported (the GPU machine has no other wheels).
+`--item-index semantic` spells every item (in the prompt's history and in the Trie) as its semantic id instead:
+L + 1 code tokens (`data.item_index: semantic`, default 3 levels of 256 codes plus the collision level), so the
+Trie is L + 2 deep and block positions grow as the item is spelled. The codes are read from `--codes` (the
+`semantic_ids.json` that `prepare` leaves in the example cache has the same form), or computed from the Beauty
+folder with the MiniLM encoder and written there first (minutes on a CPU).
+
+Only torch, transformers and our generation/model modules are imported (the GPU machine has no other wheels);
+computing semantic codes also imports our dataset side (numpy) and the encoder package.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from recsys_lightning.generation.trie import ItemTrie
 from recsys_lightning.model.glm import GLMConfig, GLMModel
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beauty" / "Beauty.txt"
+DEFAULT_CODES = Path(__file__).resolve().parents[1] / ".cache" / "bench_generate" / "beauty_semantic_ids.json"
 # GLM's special tokens first (the order of infilling/tokens.py), then digits and the few prompt words.
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "<|endoftext|>", "[MASK]", "[sMASK]", "[gMASK]", "<|startofpiece|>",
             "<|endofpiece|>")
@@ -68,19 +76,45 @@ def num_items(path: Path) -> int:
         return max(max(int(i) for i in line.split()[1:]) for line in f)
 
 
-def prompt(user: int, history: list[int]) -> list[int]:
-    """`[CLS] user _ <id> has bought <id> , <id> ... what next ? [MASK] <|endoftext|>`."""
+def semantic_codes(data: Path, codes_file: Path) -> list[list[int]]:
+    """Every item's semantic id codes (row i: S3-Rec id i + 1), from `codes_file`, else computed from the dataset
+    folder of `data` (default `data.semantic` settings) and written to `codes_file`."""
+    if not codes_file.is_file():
+        from recsys_lightning.data.adapters import load_dataset
+        from recsys_lightning.data.indexing import SemanticIds, semantic_ids
+
+        dataset = load_dataset("s3rec", data.parent, 0)
+        if dataset.items != [str(i) for i in range(1, dataset.num_items + 1)]:
+            raise SystemExit(f"{data}: item ids are not 1..N, so codes rows cannot follow them")
+        built: dict[str, dict] = {}
+        semantic_ids(dataset, 0, SemanticIds(), lambda name, build: built.setdefault(name, build()))
+        codes_file.parent.mkdir(parents=True, exist_ok=True)
+        codes_file.write_text(json.dumps(built["semantic_ids.json"]))
+    return json.loads(codes_file.read_text())["codes"]
+
+
+def code_tokens(codes: list[list[int]]) -> list[list[int]]:
+    """Vocabulary ids of each item's codes: level l's code c is the id after `WORDS` and the levels before l."""
+    widths = [max(row[level] for row in codes) + 1 for level in range(len(codes[0]))]
+    offsets = [len(WORDS) + sum(widths[:level]) for level in range(len(widths))]
+    return [[offsets[level] + c for level, c in enumerate(row)] for row in codes]
+
+
+def prompt(user: int, history: list[int], spell: Callable[[int], list[int]]) -> list[int]:
+    """`[CLS] user _ <id> has bought <item> , <item> ... what next ? [MASK] <|endoftext|>`, items as `spell` writes
+    their S3-Rec ids."""
     ids = [CLS, VOCAB["user"], VOCAB["_"], *digits(user), VOCAB["has"], VOCAB["bought"]]
     for i, item in enumerate(history):
-        ids += ([VOCAB[","]] if i else []) + digits(item)
+        ids += ([VOCAB[","]] if i else []) + spell(item)
     return ids + [VOCAB["what"], VOCAB["next"], VOCAB["?"], MASK, EOS]
 
 
-def batches(users: list[tuple[int, list[int]]], size: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
+def batches(users: list[tuple[int, list[int]]], size: int, device: torch.device, spell: Callable[[int], list[int]]
+            ) -> list[dict[str, torch.Tensor]]:
     """Right-padded Part A batches with lengths and mask indices."""
     out = []
     for start in range(0, len(users), size):
-        rows = [prompt(u, h) for u, h in users[start:start + size]]
+        rows = [prompt(u, h, spell) for u, h in users[start:start + size]]
         ids = torch.full((len(rows), max(map(len, rows))), PAD, dtype=torch.long)
         for r, row in enumerate(rows):
             ids[r, : len(row)] = torch.tensor(row)
@@ -131,19 +165,25 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--candidates", type=int, default=100,
                    help="also time exact scoring of this many random candidates per user (direct recommendation)")
     p.add_argument("--profile", action="store_true", help="print torch.profiler tables for one batch of each")
+    p.add_argument("--item-index", choices=("digits", "semantic"), default="digits",
+                   help="items as their ids, one token per digit; or as semantic ids (L + 1 code tokens)")
+    p.add_argument("--codes", type=Path, default=DEFAULT_CODES,
+                   help="semantic ids' codes (JSON {codes: [[...], ...]}, row i = item i + 1); computed when absent")
     return p.parse_args()
 
 
 class Decoders:
     """The same network behind three timed jobs on a batch: our search, HF `generate`, candidate scoring."""
 
-    def __init__(self, args: argparse.Namespace, device: torch.device, dtype: torch.dtype, items: int) -> None:
+    def __init__(self, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+                 sequences: list[list[int]]) -> None:
         sizes = dict(PRESETS[args.model])
+        if max(t for seq in sequences for t in seq) >= sizes["vocab_size"]:
+            raise SystemExit(f"item tokens do not fit model {args.model}'s {sizes['vocab_size']} vocabulary entries")
         torch.manual_seed(args.seed)
         glm = GLMModel(GLMConfig(max_sequence_length=512, hidden_dropout=0.0, attention_dropout=0.0, **sizes))
         self.glm = glm.eval().to(device=device, dtype=dtype)
         self.hf_model = GLMForGenerate(self.glm, sizes["vocab_size"]).eval()
-        sequences = [digits(i) for i in range(1, items + 1)]  # item index i-1 is S3-Rec id i
         self.trie = ItemTrie(sequences, EOP).to(device)
         self.dict_trie = DictTrie(sequences, EOP)
         self.args = args
@@ -195,8 +235,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dec = Decoders(args, device, {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype], num_items(args.data))
-    data = batches(load_users(args.data, args.users, args.history), args.batch_size, device)
+    if args.item_index == "semantic":
+        sequences = code_tokens(semantic_codes(args.data, args.codes))
+        if len(sequences) != num_items(args.data):
+            raise SystemExit(f"{args.codes}: {len(sequences)} items' codes, {args.data}: {num_items(args.data)} items")
+    else:
+        sequences = [digits(i) for i in range(1, num_items(args.data) + 1)]  # item index i-1 is S3-Rec id i
+    dec = Decoders(args, device, {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype], sequences)
+    data = batches(load_users(args.data, args.users, args.history), args.batch_size, device,
+                   lambda item: sequences[item - 1])
     dec.ours(data[0]), dec.hf(data[0]), dec.score(data[0])  # warm-up
     if args.profile:
         profile("ours", lambda: dec.ours(data[0]), device, 18)
@@ -223,6 +270,9 @@ def main() -> None:
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "items_in_trie": dec.trie.num_items,
+        "item_index": args.item_index,
+        "tokens_per_item": max(len(seq) for seq in sequences),
+        "trie_depth": dec.trie.depth,
         "model": args.model,
         "model_parameters": sum(p.numel() for p in dec.glm.parameters()),
         "dtype": args.dtype,
