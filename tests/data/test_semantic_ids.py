@@ -97,8 +97,10 @@ def test_kmeans_is_seeded_and_collision_level_numbers_in_order():
 
 
 def test_bad_settings_name_the_key():
+    with pytest.raises(DataError, match="data.semantic: expected 1 <= levels"):
+        RecDataModule(semantic=SemanticIds(levels=0))
     with pytest.raises(DataError, match="data.semantic"):
-        SemanticIds(levels=0)
+        build_index("semantic", beauty_catalog(), 0, SemanticIds(codes=0))
 
 
 def test_the_index_imports_and_builds_without_the_encoder_package():
