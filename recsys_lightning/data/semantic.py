@@ -25,7 +25,7 @@ NAME = "\x00"  # stands for the item's name in its description, then removed
 
 
 class _Unnamed:
-    """Renders every item as a placeholder: its description is then taken without its name."""
+    """Names every item with one marker, cut from its description afterwards: the text without the name."""
 
     def render(self, item: int) -> str:
         return NAME
