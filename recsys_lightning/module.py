@@ -25,7 +25,7 @@ from recsys_lightning.model.lora import LoRA
 
 STAGE_PREFIX = {"fit": "val", "validate": "val", "test": "test", "predict": "predict"}
 # What must agree between a checkpoint's data and the current data for the checkpoint to be evaluated on it.
-FINGERPRINT_KEYS = ("dataset", "format", "items", "item_index", "tokenizer")
+FINGERPRINT_KEYS = ("dataset", "format", "items", "item_index", "item_ids", "tokenizer")
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -35,13 +35,17 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def dataset_fingerprint(datamodule: Any) -> dict[str, Any]:
-    """What a checkpoint was trained on: dataset name and format, users, items, item ids and tokenizer (a hash).
+    """What a checkpoint was trained on: dataset name and format, users, items, the item index and every item's
+    rendering (a hash: semantic codes or a seeded numbering that differ under the same tokens), and the tokenizer.
 
-    Needs the data module's data and tokenizer (`load()`), not its examples, so it is checked before they are built.
+    Needs the data module's data, index and tokenizer (`load()`), not its examples, so it is checked before they are
+    built.
     """
-    data, tokenizer = datamodule.data, datamodule.tokenizer
+    data, index, tokenizer = datamodule.data, datamodule.index, datamodule.tokenizer
+    renders = "\n".join(index.render(i) for i in range(len(index)))
     return {"dataset": data.name, "format": datamodule.hparams.format, "users": data.num_users,
             "items": data.num_items, "item_index": datamodule.hparams.item_index,
+            "item_ids": hashlib.sha256(renders.encode()).hexdigest()[:16],
             "tokenizer": hashlib.sha256(tokenizer_fingerprint(tokenizer).encode()).hexdigest()[:16]}
 
 

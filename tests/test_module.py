@@ -3,6 +3,7 @@ decoding precision."""
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,9 @@ from torchmetrics import MetricCollection
 from recsys_lightning.pipeline.packing import collate_packed
 from recsys_lightning.model.backbones import NativeGLM
 from recsys_lightning.infilling.layout import IGNORE
-from recsys_lightning.module import RecSysLLM
+from recsys_lightning.errors import CheckpointError
+from recsys_lightning.module import RecSysLLM, check_fingerprint, dataset_fingerprint
+from recsys_lightning.pipeline.datamodule import RecDataModule
 from tests.pipeline.test_packing import samples
 
 
@@ -107,3 +110,17 @@ def test_decode_float32_refuses_fsdp2_bf16_weights(tokenizer):
     module._trainer = SimpleNamespace(precision="bf16-mixed")
     with pytest.raises(ValueError, match="decode_float32"):
         module.configure_model()
+
+
+def test_the_dataset_fingerprint_tells_item_numberings_apart_under_the_same_tokens(tiny_reviews, tokenizer):
+    def fingerprint(seed: int) -> dict:
+        dm = RecDataModule(root=str(tiny_reviews), item_index="random", cache_dir=None, seed=seed)
+        dm.use_tokenizer(copy.deepcopy(tokenizer))  # one tokenizer: only the seeded numbering differs
+        dm.load()
+        return dataset_fingerprint(dm)
+
+    trained, other = fingerprint(0), fingerprint(1)
+    assert {k for k in trained if trained[k] != other[k]} == {"item_ids"}  # same data, tokens and index kind
+    check_fingerprint(trained, fingerprint(0), "the checkpoint")  # the same numbering passes
+    with pytest.raises(CheckpointError, match="item_ids"):
+        check_fingerprint(trained, other, "the checkpoint")
