@@ -13,6 +13,7 @@ from torchmetrics import Metric
 
 from recsys_lightning.data.explanations import extract_explanations
 from recsys_lightning.data.schema import RecData
+from recsys_lightning.data.splits import review_split
 from recsys_lightning.data.textualize import user_name
 from recsys_lightning.family import Request, TaskFamily
 from recsys_lightning.generation.generator import Generator
@@ -48,7 +49,8 @@ class Explanation(TaskFamily):
         return generate_text(self.ctx, generator, batch, self.max_new_tokens, self.decoding)
 
     def requests(self, data: RecData, split: str) -> Iterator[Request]:
-        explanations = extract_explanations(data)
+        # feature words from the training split's reviews only: no held-out review shapes the targets
+        explanations = extract_explanations(data, review_split(data, self.ctx.seed) == 0)
         index = self.ctx.index
         for row in review_rows(data, split, self.ctx.seed):
             found = explanations[row]

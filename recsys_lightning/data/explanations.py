@@ -20,6 +20,8 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+import numpy as np
+
 from recsys_lightning.data.schema import RecData
 
 SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -54,12 +56,15 @@ def _words(text: str) -> list[str]:
     return [w.lower() for w in WORD.findall(text)]
 
 
-def feature_words(data: RecData, min_items: int = 5, noun_share: float = 0.2) -> dict[str, float]:
-    """Frequent, noun-like review words with their noun share: the item feature vocabulary (steps 2 and 3)."""
+def feature_words(data: RecData, min_items: int = 5, noun_share: float = 0.2,
+                  counted: np.ndarray | None = None) -> dict[str, float]:
+    """Frequent, noun-like review words with their noun share: the item feature vocabulary (steps 2 and 3),
+    counted over the interactions `counted` marks (the training split, so no held-out review shapes it), or all."""
     items: dict[str, set[int]] = defaultdict(set)
     phrase_final: Counter[str] = Counter()
     total: Counter[str] = Counter()
-    for item, text in zip(data.item.tolist(), data.review):
+    rows = range(len(data.review)) if counted is None else np.flatnonzero(counted)
+    for item, text in ((int(data.item[r]), data.review[r]) for r in rows):
         tokens = [t.lower() for t in TOKEN.findall(text)]
         for prev, word, nxt in zip(["", *tokens], tokens, [*tokens[1:], "."]):
             if len(word) < 3 or word in STOPWORDS or not word.isalpha():
@@ -82,8 +87,9 @@ def explain(text: str, features: dict[str, float], min_words: int = 4, max_words
     return None
 
 
-def extract_explanations(data: RecData, min_items: int = 5, noun_share: float = 0.2, min_words: int = 4,
-                         max_words: int = 30) -> list[Explanation | None]:
-    """One explanation (or None) per interaction, in the order of `data`'s interaction columns."""
-    features = feature_words(data, min_items, noun_share)
+def extract_explanations(data: RecData, counted: np.ndarray | None = None, min_items: int = 5,
+                         noun_share: float = 0.2, min_words: int = 4, max_words: int = 30) -> list[Explanation | None]:
+    """One explanation (or None) per interaction, in the order of `data`'s interaction columns; the feature words
+    are counted over the interactions `counted` marks (the training split), or all."""
+    features = feature_words(data, min_items, noun_share, counted)
     return [explain(text, features, min_words, max_words) for text in data.review]

@@ -167,3 +167,17 @@ def test_explanations_are_review_sentences_mentioning_a_feature_word():
     for explanation, text in found[:500]:
         assert explanation.sentence in text and explanation.feature in explanation.sentence.lower()
         assert 4 <= len(explanation.sentence.split()) <= 30
+
+
+def test_feature_words_count_only_the_interactions_marked_as_training():
+    data = load_dataset("amazon_reviews", DEMO_ROOT, 0)
+    train = review_split(data, 0) == 0
+    held_out = np.flatnonzero(~train)
+    # a made-up noun in held-out reviews of many items: a feature word if everything counts, none if training does
+    for row in held_out[:60]:
+        data.review[row] = data.review[row] + " I love the zorbulator."
+    assert "zorbulator" in feature_words(data)
+    assert "zorbulator" not in feature_words(data, counted=train)
+    assert {"guitar", "strings"} <= set(feature_words(data, counted=train))
+    explained = extract_explanations(data, train)
+    assert all(e is None or e.feature != "zorbulator" for e in explained)
