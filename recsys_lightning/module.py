@@ -16,7 +16,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 
 from recsys_lightning.infilling.tokens import GLMTokens
 from recsys_lightning.errors import CheckpointError
-from recsys_lightning.data.textualize import describe_item
+from recsys_lightning.data.semantic import content_texts
 from recsys_lightning.distributed import gather_for_decoding, merge_list_states, release_after_decoding, shard_network
 from recsys_lightning.generation.generator import Generator
 from recsys_lightning.model.backbones import Backbone, NativeGLM
@@ -63,16 +63,11 @@ def check_fingerprint(saved: Any, current: dict[str, Any], where: str) -> None:
 
 
 def item_texts(datamodule: Any) -> dict[str, str]:
-    """Each atomic item token and its item's textualized description without the token (`describe_item`): what a
-    backbone's `init_item_tokens: text` encodes."""
-    index, data = datamodule.index, datamodule.data
-    new = set(index.new_tokens)
-    texts = {}
-    for item in range(len(index)):
-        token = index.render(item)
-        if token in new:
-            texts[token] = " ".join(describe_item(data, index, item).text.replace(token, " ").split())
-    return texts
+    """Each atomic item token and its item's textualized description without its name (`semantic.content_texts`, what
+    semantic ids encode too): what a backbone's `init_item_tokens: text` encodes."""
+    index, new = datamodule.index, set(datamodule.index.new_tokens)
+    texts = content_texts(datamodule.data)
+    return {index.render(i): texts[i] for i in range(len(index)) if index.render(i) in new}
 
 
 class RecSysLLM(L.LightningModule):
