@@ -12,6 +12,17 @@ from typing import Any
 import torch
 
 
+class UnknownIdError(KeyError):
+    """A user or item id the model does not know (the serving layer answers it with a 4xx); the message names it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown id"
+
+
+class FamilyNotTrainedError(ValueError):
+    """A question (a rating, an explanation) whose task family the model was not trained with."""
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read (missing, truncated, not a checkpoint) or does not fit the current run."""
 

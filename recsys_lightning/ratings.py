@@ -3,7 +3,7 @@ parsed) — shared by the rating and review families."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -20,11 +20,15 @@ def rating_text(value: float) -> str:
 class RatingDecoder:
     """Decodes a rating blank: the most likely of the dataset's rating strings, or free text parsed in range."""
 
-    def __init__(self, context: FamilyContext, constrained: bool, max_new_tokens: int = 4) -> None:
-        ratings = context.data.rating[~np.isnan(context.data.rating)]
-        if len(ratings) == 0:
-            raise ValueError(f"dataset {context.data.name!r} has no ratings")
-        self.scale = sorted({float(r) for r in ratings})
+    def __init__(self, context: FamilyContext, constrained: bool, max_new_tokens: int = 4,
+                 scale: Sequence[float] | None = None) -> None:
+        """`scale`: the valid ratings (an exported model's, without its dataset); None reads them from the data."""
+        if scale is None:
+            ratings = context.data.rating[~np.isnan(context.data.rating)]
+            if len(ratings) == 0:
+                raise ValueError(f"dataset {context.data.name!r} has no ratings")
+            scale = [float(r) for r in ratings]
+        self.scale = sorted({float(r) for r in scale})
         self.answers = context.answers([rating_text(r) for r in self.scale])
         self.context = context
         self.constrained = constrained

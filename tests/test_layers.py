@@ -19,6 +19,7 @@ LAYERS = (
     ("registry", "requests", "ratings", "texts"),  # what task families build on
     ("distributed", "module"),            # the LightningModule
     ("pipeline",),                        # the data pipeline: datamodule, encoding, packing, sampling, cache
+    ("recommender",),                     # a trained model by raw ids: recommend, score, rate, explain; export
     ("callbacks", "checkpoint_io"),       # results files, last.ckpt, RNG state; atomic checkpoint writes
     ("cli", "report"),                    # subcommands; their one-line errors
 )

@@ -24,10 +24,21 @@ class Transitions:
     (`splits.known_sequences`)."""
 
     def __init__(self, data: RecData, window: int = 1, decay: float = 1.0, split: str = "val") -> None:
+        self._count(known_sequences(data, split), data.num_items, window, decay)
+
+    @classmethod
+    def of_sequences(cls, sequences: list[np.ndarray], num_items: int, window: int = 1, decay: float = 1.0
+                     ) -> Transitions:
+        """Counts over given item sequences (an exported model's known histories, without its dataset)."""
+        transitions = cls.__new__(cls)
+        transitions._count(sequences, num_items, window, decay)
+        return transitions
+
+    def _count(self, sequences: list[np.ndarray], n: int, window: int, decay: float) -> None:
+        """Fill the counts and popularity from `sequences` of item ids below `n`."""
         if window < 1 or not 0 < decay <= 1:
             raise ValueError(f"transitions: need window >= 1 and 0 < decay <= 1, got {window}, {decay}")
-        sequences = known_sequences(data, split)
-        n = data.num_items
+        sequences = [np.asarray(s, dtype=np.int64) for s in sequences]
         self.popularity = torch.from_numpy(np.bincount(np.concatenate(sequences), minlength=n)).double()
         self.frequency = self.popularity.clamp(min=1) / self.popularity.clamp(min=1).sum()  # q, every item above 0
         pairs, weights = [np.empty(0, np.int64)], [np.empty(0)]

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import load_file, save_file
 
 from recsys_lightning.model.glm import GLMConfig, GLMModel
 
 PREFIX = "glm."
+MODEL_TYPE = "recsys_lightning_glm"  # what an exported native GLM's config.json says (THUDM's own say "glm")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -125,11 +127,13 @@ def load_glm(folder: Path, dtype: torch.dtype = torch.float32, **overrides: Any)
     return model
 
 
-def save_glm(model: GLMModel, folder: Path) -> None:
-    """Write `model` as a THUDM-layout checkpoint: config.json (HF port keys) and model.safetensors."""
+def save_glm(model: GLMModel, folder: Path, max_shard_size: int | str = "5GB") -> None:
+    """Write `model` as a THUDM-layout checkpoint: config.json (HF port keys) and model.safetensors, or shards of at
+    most `max_shard_size` with model.safetensors.index.json (Hugging Face's layout, `split_torch_state_dict_into_
+    shards`). `model_type` is our own, so transformers never takes the folder for its GLM-4 (`glm`)."""
     folder.mkdir(parents=True, exist_ok=True)
     c = model.config
-    config = {"architectures": ["GLMModel"], "model_type": "glm", "block_position_encoding": True,
+    config = {"architectures": ["GLMModel"], "model_type": MODEL_TYPE, "block_position_encoding": True,
               "relative_encoding": False, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
               "num_layers": c.num_layers, "num_attention_heads": c.num_attention_heads,
               "max_sequence_length": c.max_sequence_length - 1, "intermediate_size": c.intermediate_size,
@@ -138,4 +142,9 @@ def save_glm(model: GLMModel, folder: Path) -> None:
               "initializer_range": c.init_std}
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     state = {PREFIX + name: t.detach().contiguous() for name, t in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
+    for file, names in split.filename_to_tensors.items():
+        save_file({name: state[name] for name in names}, str(folder / file), metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (folder / INDEX_FILES[0]).write_text(json.dumps(index, indent=2) + "\n")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -75,8 +75,9 @@ def write_config(folder: Path, class_path: str, init_args: dict[str, Any]) -> No
     (folder / CONFIG_FILE).write_text(header + yaml.safe_dump(config, sort_keys=False))
 
 
-def export(ckpt_path: Path, out: Path) -> list[Path]:
+def export(ckpt_path: Path, out: Path, extra: Callable[[Restored, Path], None] | None = None) -> list[Path]:
     """Write `out` (merged weights) and, for LoRA on pretrained weights, `out/adapter`; return the folders written.
+    `extra(restored, folder)` then adds what a caller above this layer writes (the recommender's catalog).
 
     An existing non-empty `out` is never touched; a failed export removes the folder it created.
     """
@@ -85,7 +86,10 @@ def export(ckpt_path: Path, out: Path) -> list[Path]:
     restored = restore(ckpt_path)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        return write_export(restored, out.resolve())
+        written = write_export(restored, out.resolve())
+        if extra is not None:
+            extra(restored, out.resolve())
+        return written
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise

@@ -1,0 +1,186 @@
+"""`Recommender` on a tiny model fitted in-process (sequential, rating and explanation on 40 demo users), exported
+with `recsys-lightning export`: it answers from the export folder alone as the CLI's predict loop answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recsys_lightning import FamilyNotTrainedError, Recommender, UnknownIdError
+from recsys_lightning.cli import main
+from recsys_lightning.builtin import builtin_dir
+from recsys_lightning.family import seeded_choice
+from recsys_lightning.recommender import export_recommender
+from tests.conftest import ONE_EPOCH, write_reviews
+
+TASKS = json.dumps([{"name": "sequential"}, {"name": "rating"}, {"name": "explanation"}])
+TINY = ["--model.backbone.init_args.hidden_size", "32", "--model.backbone.init_args.num_layers", "1",
+        "--model.backbone.init_args.num_attention_heads", "2", "--data.vocab_size", "300",
+        "--data.batch_size", "16", "--data.eval_batch_size", "32", "--model.beam_size", "10",
+        "--trainer.limit_train_batches", "6", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+        "--trainer.enable_progress_bar", "false", *ONE_EPOCH, "--data.tasks", TASKS,
+        "--checkpoint.monitor", "val/sequential/ndcg@10"]
+
+
+def run(sub: str, tmp: Path, root: Path, *extra: str) -> None:
+    main([sub, "--config", str(builtin_dir("lightning_configs").parent / "lightning_configs/demo.yaml"), *TINY,
+          "--data.root", str(root), "--trainer.default_root_dir", str(tmp),
+          "--trainer.logger.init_args.save_dir", str(tmp / "logs"), "--data.cache_dir", str(tmp / "cache"), *extra,
+          *(["--checkpoint.dirpath", str(tmp / "ckpt")] if sub == "fit" else [])])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A fitted tiny model (ckpt/last.ckpt), its test results and predictions (logs/) and its export (export/)."""
+    tmp = tmp_path_factory.mktemp("recommender")
+    root = write_reviews(tmp / "reviews", users=40)
+    run("fit", tmp, root)
+    ckpt = tmp / "ckpt" / "last.ckpt"
+    run("test", tmp, root, "--ckpt_path", str(ckpt))
+    run("predict", tmp, root, "--ckpt_path", str(ckpt))
+    export_recommender(ckpt, tmp / "export")
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def predictions(run_dir) -> list[dict[str, Any]]:
+    """The predict loop's answers (seen-template streams first, in dataset order)."""
+    path = next((run_dir / "logs").rglob("predictions.jsonl"))
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def rec(run_dir) -> Recommender:
+    """The export loaded while the dataset is moved away (and put back for the other fixtures' readers)."""
+    root, moved = run_dir / "reviews", run_dir / "moved"
+    root.rename(moved)
+    try:
+        return Recommender.from_pretrained(run_dir / "export")
+    finally:
+        moved.rename(root)
+
+
+def test_export_folder_holds_the_catalog_prompts_settings_and_a_model_card(run_dir):
+    folder = run_dir / "export"
+    for name in ("recommender.json", "catalog/items.parquet", "catalog/users.parquet", "prompts/sequential.yaml",
+                 "prompts/rating.yaml", "prompts/explanation.yaml", "backbone.yaml", "model.safetensors",
+                 "tokenizer.json", "README.md"):
+        assert (folder / name).is_file(), name
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "recsys_lightning_glm"
+    card = (folder / "README.md").read_text()
+    assert "library_name: recsys-lightning" in card and "| sequential | hr@10 |" in card
+    assert "Recommender.from_pretrained" in card and "## Training configuration" in card
+
+
+def test_recommend_from_the_export_alone_equals_the_predict_loop(rec, predictions):
+    family = rec.families["sequential"]
+    templates = tuple(t for t in family.prompts.seen if family.evaluates(t))
+    lines = [p for p in predictions if p["task"] == "sequential"][: len(rec.users)]
+    assert [p["user"] for p in lines] == rec.users  # every demo user has a test request, in dense-id order
+    default = 0
+    for i, line in enumerate(lines[:12]):
+        template = seeded_choice(templates, 0, "test", i).id  # the template the test loop drew for this request
+        got = rec.recommend(user=line["user"], k=10, template=template)
+        assert [item for item, _ in got] == [p["item"] for p in line["items"]]
+        assert [score for _, score in got] == pytest.approx([p["score"] for p in line["items"]], abs=2e-4)
+        if template == templates[0].id:  # the first seen template is recommend's own
+            assert rec.recommend(user=line["user"], k=10) == got
+            default += 1
+    assert default >= 1
+
+
+def test_exclude_seen_leaves_the_known_history_out(rec):
+    user = rec.users[3]
+    history = {rec.items[i] for i in rec.catalog.histories[3]}
+    everything = rec.recommend(user=user, k=len(rec.items), exclude_seen=False)
+    assert {item for item, _ in everything} == set(rec.items)
+    kept = rec.recommend(user=user, k=len(rec.items))
+    assert not history & {item for item, _ in kept}
+    rest = [pair for pair in everything if pair[0] not in history][:20]
+    assert [item for item, _ in rest] == [item for item, _ in kept[:20]]
+    assert [score for _, score in rest] == pytest.approx([score for _, score in kept[:20]], abs=1e-4)
+
+
+def test_a_new_users_history_is_recommended_after_and_excluded(rec):
+    history = [rec.items[5], rec.items[17], rec.items[2]]
+    got = rec.recommend(history=history, k=10)
+    assert len(got) == 10 and not set(history) & {item for item, _ in got}
+    scores = [s for _, s in got]
+    assert scores == sorted(scores, reverse=True)
+    everything = rec.recommend(history=history, k=len(rec.items), exclude_seen=False)
+    assert set(history) <= {item for item, _ in everything}
+
+
+def test_batched_equals_one_by_one(rec):
+    users = rec.users[:5]
+    batched = rec.recommend_batch(users=users, k=7)
+    for user, got in zip(users, batched):
+        single = rec.recommend(user=user, k=7)
+        assert [i for i, _ in got] == [i for i, _ in single]
+        assert [s for _, s in got] == pytest.approx([s for _, s in single], abs=1e-4)
+    histories = [[rec.items[1], rec.items[2]], [rec.items[9]]]
+    assert [[i for i, _ in r] for r in rec.recommend_batch(histories=histories, k=4)] == \
+        [[i for i, _ in rec.recommend(history=h, k=4)] for h in histories]
+
+
+def test_score_agrees_with_recommend(rec):
+    user = rec.users[7]
+    top = rec.recommend(user=user, k=10)
+    scores = rec.score(user, [item for item, _ in top])
+    assert scores == pytest.approx([s for _, s in top], abs=1e-4)
+    history = rec.items[rec.catalog.histories[7][0]]
+    assert rec.score(user, [history, top[0][0]])[1] == pytest.approx(top[0][1], abs=1e-4)
+
+
+def test_rate_and_explain_answer_as_the_predict_loop(rec, predictions):
+    for family, key, call in (("rating", "rating", rec.rate), ("explanation", "explanation", rec.explain)):
+        templates = rec.families[family].prompts.seen
+        lines = [p for p in predictions if p["task"] == family]
+        lines = lines[: len(lines) // 2]  # the seen stream, then the unseen one (as many requests)
+        first = [line for i, line in enumerate(lines) if seeded_choice(templates, 0, "test", i) == templates[0]]
+        assert first, family
+        for line in first:
+            assert call(line["user"], line["item"]) == line[key]
+    rating = rec.rate(rec.users[0], rec.items[0])
+    assert rating in rec.catalog.rating_scale and isinstance(rec.explain(rec.users[0], rec.items[0]), str)
+
+
+def test_a_family_the_model_was_not_trained_with_is_named(rec):
+    only = Recommender(rec.network, rec.tokenizer, rec.catalog, {"sequential": rec.families["sequential"]},
+                       rec.settings)
+    with pytest.raises(FamilyNotTrainedError, match=r"rate needs the 'rating' task family, but this model was "
+                                                    r"trained with \['sequential'\] only"):
+        only.rate(rec.users[0], rec.items[0])
+    with pytest.raises(FamilyNotTrainedError, match="'explanation'"):
+        only.explain(rec.users[0], rec.items[0])
+
+
+def test_unknown_ids_and_bad_k_are_refused(rec):
+    with pytest.raises(UnknownIdError, match="unknown user 'nobody'") as caught:
+        rec.recommend(user="nobody")
+    assert isinstance(caught.value, KeyError) and "nobody" in str(caught.value)
+    with pytest.raises(UnknownIdError, match="unknown item 'no-such-item'"):
+        rec.recommend(history=[rec.items[0], "no-such-item"])
+    with pytest.raises(UnknownIdError, match="unknown item"):
+        rec.score(rec.users[0], ["no-such-item"])
+    with pytest.raises(UnknownIdError, match="unknown user"):
+        rec.rate("nobody", rec.items[0])
+    for k in (0, len(rec.items) + 1):
+        with pytest.raises(ValueError, match="k must be an integer from 1"):
+            rec.recommend(user=rec.users[0], k=k)
+    with pytest.raises(ValueError, match="either user"):
+        rec.recommend(user=rec.users[0], history=[rec.items[0]])
+
+
+def test_from_checkpoint_equals_from_pretrained(run_dir, rec):
+    direct = Recommender.from_checkpoint(run_dir / "ckpt" / "last.ckpt")
+    assert direct.items == rec.items and direct.users == rec.users
+    users = rec.users[:4]
+    for a, b in zip(direct.recommend_batch(users=users, k=10), rec.recommend_batch(users=users, k=10)):
+        assert [i for i, _ in a] == [i for i, _ in b]
+        assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-5)
+    assert direct.rate(users[0], rec.items[3]) == rec.rate(users[0], rec.items[3])
+    assert direct.explain(users[0], rec.items[3]) == rec.explain(users[0], rec.items[3])
