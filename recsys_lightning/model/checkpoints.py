@@ -14,11 +14,22 @@ from typing import Any
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, PretrainedConfig
 
 from recsys_lightning.model.glm import GLMConfig, GLMModel
 
 PREFIX = "glm."
 MODEL_TYPE = "recsys_lightning_glm"  # what an exported native GLM's config.json says (THUDM's own say "glm")
+
+
+class ExportedGLMConfig(PretrainedConfig):
+    """transformers' reading of an exported native GLM's config.json (`AutoConfig` knows its model_type, so
+    `AutoTokenizer` loads the folder's tokenizer without taking the folder for another model)."""
+
+    model_type = MODEL_TYPE
+
+
+AutoConfig.register(MODEL_TYPE, ExportedGLMConfig, exist_ok=True)
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 

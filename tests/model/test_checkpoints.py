@@ -120,6 +120,26 @@ def test_exported_config_keeps_the_embedding_dropout_apart(tmp_path, tokenizer):
     assert glm_config(tmp_path / "export", embedding_dropout=None).embedding_dropout == 0.0  # unset: hidden dropout
 
 
+def test_a_large_export_is_sharded_with_an_index_and_reloads_identically(tmp_path, tokenizer, tokens):
+    model = make_glm(len(tokenizer), seed=2)
+    save_glm(model, tmp_path / "export", max_shard_size=20_000)  # bytes: a few tensors a shard
+    index = json.loads((tmp_path / "export" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and all((tmp_path / "export" / s).is_file() for s in shards)
+    assert not (tmp_path / "export" / "model.safetensors").exists()
+    batch = one_sample(tokens, [5, 6, 7], [8, 9])
+    torch.testing.assert_close(logits(load_glm(tmp_path / "export").eval(), batch), logits(model, batch))
+
+
+def test_an_exported_config_has_a_model_type_transformers_does_not_mistake_for_glm4(tmp_path, tokenizer):
+    from transformers import AutoConfig
+
+    save_glm(make_glm(len(tokenizer)), tmp_path / "export")
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["model_type"] == "recsys_lightning_glm"
+    assert type(AutoConfig.from_pretrained(str(tmp_path / "export"))).__name__ == "ExportedGLMConfig"
+    assert not (tmp_path / "export" / "model.safetensors.index.json").exists()  # small: one file
+
+
 def test_bf16_base_weights_train_fp32_lora_adapters(tmp_path, tokenizer, tokens):
     folder = write_thudm_checkpoint(tmp_path / "glm", make_glm(len(tokenizer)))
     (folder / "tokenizer.json").write_text(tokenizer.backend_tokenizer.to_str())
