@@ -14,8 +14,9 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from recsys_lightning.data.adapters import load_dataset
-from recsys_lightning.pipeline.cache import ExampleCache, code_hash, data_fingerprint, files_hash, tokenizer_hash
+from recsys_lightning.data.adapters import load_dataset, reader_file
+from recsys_lightning.pipeline.cache import (PACKAGE, ExampleCache, code_hash, data_fingerprint, files_hash,
+                                             tokenizer_hash)
 from recsys_lightning.pipeline.encode import encode_masked_rows, encode_rows
 from recsys_lightning.data.embeddings import model_fingerprint
 from recsys_lightning.data.indexing import ItemIndex, SemanticIds, build_index
@@ -86,6 +87,7 @@ class RecDataModule(L.LightningDataModule):
         family_options: dict[str, dict[str, Any]] | None = None,
         root: str | None = None,
         format: str = "amazon_reviews",
+        reader_options: dict[str, Any] | None = None,
         item_index: str = "sequential",
         tokenizer: str | None = None,
         vocab_size: int = 2000,
@@ -109,7 +111,11 @@ class RecDataModule(L.LightningDataModule):
                 set them: a dataset's defaults, so method overlays that replace `tasks` keep them (Yelp's repeat
                 visits: `{sequential: {exclude_history: false}}`).
             root: dataset folder; None uses the bundled Musical Instruments demo data.
-            format: adapter that reads `root` (amazon_reviews, s3rec, movielens, restaurant).
+            format: the reader of `root`, by its registered name (entry-point group `recsys_lightning.readers`):
+                amazon_reviews, s3rec, movielens, restaurant, recbole (RecBole atomic files), table (CSV/Parquet
+                with a column mapping), or a plugin's.
+            reader_options: keyword options of the reader (table: `{interactions: file, columns: {user: ..., item:
+                ...}, items: {...}, users: {...}}`; recbole: `{name: ..., user_field: ...}`); see docs/datasets.md.
             item_index: how items are written as text (sequential, random, title, atomic, p5, semantic).
             tokenizer: a tokenizer folder or hub name; None uses a pretrained backbone's own tokenizer, or trains a
                 BPE tokenizer on the dataset's text.
@@ -187,7 +193,7 @@ class RecDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         root = Path(hp.root) if hp.root else DEMO_ROOT
-        self.data = with_templates(load_dataset(hp.format, root, hp.seed), hp.textualize)
+        self.data = with_templates(load_dataset(hp.format, root, hp.seed, hp.reader_options), hp.textualize)
         if hp.cache_dir:
             self.cache = ExampleCache.open(hp.cache_dir, self.data.name, self._cache_key(root))
         memo = self.cache.json_value if self.cache is not None else None  # semantic codes: built once per key
@@ -208,7 +214,10 @@ class RecDataModule(L.LightningDataModule):
         families = [{"name": f.name, "source": files_hash([Path(f.source)]),
                      "options": f.row_options(spec["options"]),
                      "prompts": files_hash([f.prompts.path])} for f, spec in zip(self.families, hp.tasks)]
+        reader = reader_file(hp.format)  # a plugin reader's code is outside code_hash's package sources
         return {"root": str(root.resolve()), "files": data_fingerprint(root), "format": hp.format,
+                "reader_options": hp.reader_options or {},
+                "reader_source": None if reader.is_relative_to(PACKAGE) else files_hash([reader]),
                 "item_index": hp.item_index, "seed": hp.seed, "textualize": self.data.templates,
                 "tokenizer": hp.tokenizer or {"local_vocab_size": hp.vocab_size}, "max_length": hp.max_length,
                 "families": families, "code": code_hash(), **self._semantic_key()}
