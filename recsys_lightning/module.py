@@ -11,6 +11,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MetricCollection
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
@@ -120,6 +121,9 @@ class RecSysLLM(L.LightningModule):
         self.tokenizer: Any = None
         self.streams: list[Any] = []
         self.metric_sets = nn.ModuleDict()
+        # another optimizer or schedule (RecSysCLI sets them from --optimizer / --lr_scheduler); not hyperparameters
+        self.make_optimizer: OptimizerCallable | None = None
+        self.make_lr_scheduler: LRSchedulerCallable | None = None
 
     # --- set-up --------------------------------------------------------------------------------
     def check_settings(self, datamodule: Any) -> None:
@@ -185,14 +189,27 @@ class RecSysLLM(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The trainable parameters in two groups: `weight_decay` on weight matrices, none on biases, norms and
+        embeddings (whichever optimizer gets them, the groups' own weight decay wins over its default)."""
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             if p.requires_grad:
                 (no_decay if p.ndim < 2 or "embeddings" in name else decay).append(p)
+        return [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW at `lr` over `parameter_groups`, warm-up then `schedule` per step; `make_optimizer` (`--optimizer`)
+        replaces AdamW over the same groups, `make_lr_scheduler` (`--lr_scheduler`) the schedule, stepped as
+        LightningCLI steps it (per epoch; a ReduceLROnPlateau watches its `monitor`)."""
         hp = self.hparams
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr)
+        groups = self.parameter_groups()
+        optimizer = self.make_optimizer(groups) if self.make_optimizer else torch.optim.AdamW(groups, lr=hp.lr)
+        if self.make_lr_scheduler is not None:
+            scheduler = self.make_lr_scheduler(optimizer)
+            monitor = getattr(scheduler, "monitor", None)
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": scheduler, **({"monitor": monitor} if monitor else {})}}
         if hp.schedule == "cosine":
             scheduler = get_cosine_schedule_with_warmup(optimizer, hp.warmup_steps,
                                                         int(self.trainer.estimated_stepping_batches))
