@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import numbers
 import shutil
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -32,6 +33,7 @@ from lightning.pytorch.cli import instantiate_class
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from recsys_lightning.builtin import builtin_dir
 from recsys_lightning.data.indexing import ItemIndex, SemanticIds
 from recsys_lightning.data.schema import RecData
 from recsys_lightning.data.splits import known_sequences
@@ -48,7 +50,7 @@ from recsys_lightning.pipeline.datamodule import RecDataModule, TaskSpec
 from recsys_lightning.pipeline.encode import part_a_ids, tokenize
 from recsys_lightning.prompts import Template
 from recsys_lightning.ratings import RatingDecoder
-from recsys_lightning.registry import discover, get_task
+from recsys_lightning.registry import discover, get_task, task_dirs
 
 __all__ = ["Recommender", "UnknownIdError", "FamilyNotTrainedError", "export_recommender"]
 
@@ -246,7 +248,7 @@ class Recommender:
             raise ValueError(f"{folder / SETTINGS_FILE}: backbone {config['class_path']} brings no tokenizer from "
                              f"the folder")
         network = backbone.build(tokenizer)
-        families = build_families(settings["tasks"], settings["data"]["task_dirs"], folder)
+        families = build_families(settings["tasks"], [str(folder / d) for d in settings["data"]["task_dirs"]], folder)
         return cls(network, tokenizer, Catalog.load(folder, settings), families, settings, device)
 
     # --- ids ------------------------------------------------------------------------------------
@@ -331,7 +333,7 @@ class Recommender:
         return queries
 
     def _check_k(self, k: int) -> None:
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= len(self.catalog.items):
+        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or not 1 <= k <= len(self.catalog.items):
             raise ValueError(f"k must be an integer from 1 to the catalog's {len(self.catalog.items)} items, got {k!r}")
 
     def _next_item_batch(self, family: TaskFamily, queries: list[Query], template: str | None) -> dict[str, Any]:
@@ -463,11 +465,25 @@ def write_serving(ckpt_path: Path, restored: Restored, folder: Path) -> None:
         spec["prompts"] = f"prompts/{family.name}.yaml"
         (folder / "prompts").mkdir(exist_ok=True)
         shutil.copyfile(family.prompts.path, folder / spec["prompts"])
+    settings["data"]["task_dirs"] = copy_plugins(datamodule.families, task_dirs(datamodule.hparams.task_dirs or []),
+                                                 folder)
     settings.update(Catalog.of(datamodule.data, datamodule.index).save(folder))
     settings["fingerprint"] = ckpt.get("dataset")
     (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     results = find_results(ckpt_path)
     model_card(settings, datamodule.data.stats(), ckpt, ckpt_path, results).save(folder / "README.md")
+
+
+def copy_plugins(families: Sequence[TaskFamily], plugin_dirs: Sequence[Path], folder: Path) -> list[str]:
+    """Copy the source file of each family from a plugin folder (a config's `task_dirs` or the environment's, not
+    the shipped `tasks/` nor an installed entry point) into `folder/tasks`; return the task folders, relative to
+    the export, that `from_pretrained` discovers."""
+    dirs = {d.resolve() for d in plugin_dirs} - {builtin_dir("tasks").resolve()}
+    plugins = [Path(f.source) for f in families if f.source and Path(f.source).resolve().parent in dirs]
+    for source in plugins:
+        (folder / "tasks").mkdir(exist_ok=True)
+        shutil.copyfile(source, folder / "tasks" / source.name)
+    return ["tasks"] if plugins else []
 
 
 def find_results(ckpt_path: Path) -> Path | None:
@@ -488,6 +504,12 @@ def find_results(ckpt_path: Path) -> Path | None:
     return max(matching, key=lambda p: p.stat().st_mtime) if matching else None
 
 
+def metric_row(family: str, metrics: dict[str, Any], name: str) -> str:
+    """One row of the model card's metrics table: a metric under seen templates and under unseen ones."""
+    cell = lambda value: f"{value:.4f}" if isinstance(value, (int, float)) else "–"  # noqa: E731
+    return f"| {family} | {name} | {cell(metrics.get(name))} | {cell(metrics.get('unseen/' + name))} |"
+
+
 def model_card(settings: dict[str, Any], stats: dict[str, Any], ckpt: dict[str, Any], ckpt_path: Path,
                results: Path | None) -> ModelCard:
     """README.md: what was trained on what, how to load it, its test metrics (from results.json) and config."""
@@ -505,10 +527,10 @@ def model_card(settings: dict[str, Any], stats: dict[str, Any], ckpt: dict[str, 
     config: Any = {"model": ckpt.get("hyper_parameters"), "data": ckpt.get("datamodule_hyper_parameters")}
     if results is not None:
         run = json.loads(results.read_text())
-        lines += ["## Test metrics", "", f"From `{results.name}` of the test run ({run.get('checkpoint')}).", "",
-                  "| family | metric | value |", "|---|---|---|"]
-        lines += [f"| {family} | {name} | {value:.4f} |" for family, metrics in sorted(run.get("metrics", {}).items())
-                  for name, value in sorted(metrics.items()) if isinstance(value, (int, float))]
+        lines += ["## Test metrics", "", f"From `{results.name}` of the test run ({run.get('checkpoint')}): seen and "
+                  f"unseen (zero-shot) templates.", "", "| family | metric | seen | unseen |", "|---|---|---|---|"]
+        lines += [metric_row(family, metrics, name) for family, metrics in run.get("metrics", {}).items()
+                  for name in metrics if not name.startswith("unseen/")]
         lines.append("")
         config = run.get("config") or config
     plain = json.loads(json.dumps(config, default=str))  # YAML of plain values only

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 
 from recsys_lightning import FamilyNotTrainedError, Recommender, UnknownIdError
 from recsys_lightning.cli import main
 from recsys_lightning.builtin import builtin_dir
 from recsys_lightning.family import seeded_choice
-from recsys_lightning.recommender import export_recommender
+from recsys_lightning.recommender import copy_plugins, export_recommender
 from tests.conftest import ONE_EPOCH, write_reviews
 
 TASKS = json.dumps([{"name": "sequential"}, {"name": "rating"}, {"name": "explanation"}])
@@ -71,7 +73,7 @@ def test_export_folder_holds_the_catalog_prompts_settings_and_a_model_card(run_d
         assert (folder / name).is_file(), name
     assert json.loads((folder / "config.json").read_text())["model_type"] == "recsys_lightning_glm"
     card = (folder / "README.md").read_text()
-    assert "library_name: recsys-lightning" in card and "| sequential | hr@10 |" in card
+    assert "library_name: recsys-lightning" in card and "| sequential | hr@10 |" in card and "| seen | unseen |" in card
     assert "Recommender.from_pretrained" in card and "## Training configuration" in card
 
 
@@ -184,3 +186,24 @@ def test_from_checkpoint_equals_from_pretrained(run_dir, rec):
         assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-5)
     assert direct.rate(users[0], rec.items[3]) == rec.rate(users[0], rec.items[3])
     assert direct.explain(users[0], rec.items[3]) == rec.explain(users[0], rec.items[3])
+
+
+def test_plugin_family_files_travel_with_the_export(tmp_path):
+    plugin = tmp_path / "plugins" / "mine.py"
+    plugin.parent.mkdir()
+    plugin.write_text("# a task family file\n")
+    families = [SimpleNamespace(source=str(plugin)), SimpleNamespace(source=str(builtin_dir("tasks") / "rating.py"))]
+    (tmp_path / "export").mkdir()
+    assert copy_plugins(families, [builtin_dir("tasks"), plugin.parent], tmp_path / "export") == ["tasks"]
+    assert [p.name for p in (tmp_path / "export" / "tasks").iterdir()] == ["mine.py"]
+    assert copy_plugins(families[1:], [builtin_dir("tasks")], tmp_path / "other") == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_recommender_answers_as_the_cpu_one(run_dir, rec):
+    gpu = Recommender.from_pretrained(run_dir / "export", device="cuda")
+    assert next(gpu.network.parameters()).is_cuda
+    for a, b in zip(gpu.recommend_batch(users=rec.users[:4], k=10), rec.recommend_batch(users=rec.users[:4], k=10)):
+        assert [i for i, _ in a] == [i for i, _ in b]
+        assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-3)
+    assert gpu.rate(rec.users[0], rec.items[1]) == rec.rate(rec.users[0], rec.items[1])
