@@ -21,7 +21,7 @@ LAYERS = (
     ("pipeline",),                        # the data pipeline: datamodule, encoding, packing, sampling, cache
     ("recommender",),                     # a trained model by raw ids: recommend, score, rate, explain; export
     ("callbacks", "checkpoint_io"),       # results files, last.ckpt, RNG state; atomic checkpoint writes
-    ("cli", "report"),                    # subcommands; their one-line errors
+    ("cli", "report", "serve"),           # subcommands; their one-line errors; the HTTP server
 )
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
