@@ -1,5 +1,6 @@
-"""Callbacks every run gets: the results file of a test run, the JSON-lines file of a predict run, the checkpoint
-callback whose `last.ckpt` is the latest state, and the training steps' random stream that checkpoints carry."""
+"""Callbacks every run gets: the results file of a test run (also given to the run's loggers), the JSON-lines file of
+a predict run, the checkpoint callback whose `last.ckpt` is the latest state, and the training steps' random stream
+that checkpoints carry."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -133,7 +135,8 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class ResultsWriter(Callback):
-    """Writes `results.json` into the log directory after a test run: metrics per family, config, data, checkpoint."""
+    """Writes `results.json` into the log directory after a test run: metrics per family, config, data, checkpoint;
+    and gives the metric table and the file to the run's loggers (`log_results`)."""
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         out = run_dir(trainer)  # on every rank: `trainer.log_dir` broadcasts from rank 0
@@ -155,20 +158,61 @@ class ResultsWriter(Callback):
         path = out / "results.json"
         path.write_text(json.dumps(results, indent=2, default=str))
         print_metrics(metrics)
+        for logger in trainer.loggers:
+            log_results(logger, metrics, results, path, trainer.global_step)
         print(f"results: {path}")
 
 
-def print_metrics(metrics: dict[str, dict[str, float]]) -> None:
+COLUMNS = ["family", "metric", "seen templates", "unseen templates"]
+
+
+def metric_rows(metrics: dict[str, dict[str, float]]) -> list[list[str]]:
     """One row per family and metric, seen and unseen templates side by side."""
-    table = Table(title="test metrics")
-    for column in ("family", "metric", "seen templates", "unseen templates"):
-        table.add_column(column)
+    rows = []
     for family, values in metrics.items():
         for name, value in values.items():
             if not name.startswith("unseen/"):
                 unseen = values.get(f"unseen/{name}")
-                table.add_row(family, name, f"{value:.4f}", "-" if unseen is None else f"{unseen:.4f}")
+                rows.append([family, name, f"{value:.4f}", "-" if unseen is None else f"{unseen:.4f}"])
+    return rows
+
+
+def print_metrics(metrics: dict[str, dict[str, float]]) -> None:
+    table = Table(title="test metrics")
+    for column in COLUMNS:
+        table.add_column(column)
+    for row in metric_rows(metrics):
+        table.add_row(*row)
     Console(width=120).print(table)
+
+
+def markdown_table(metrics: dict[str, dict[str, float]]) -> str:
+    """The metric table in Markdown, as TensorBoard's text tab and MLflow render it."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in metric_rows(metrics)])
+
+
+def log_results(logger: Logger, metrics: dict[str, dict[str, float]], results: dict[str, Any], path: Path,
+                step: int) -> None:
+    """The test run's metric table and `results.json` in a logger's own form (the scalars are logged already, by
+    Lightning): TensorBoard text, a W&B table and file, MLflow artifacts; a CSV logger's folder holds the file;
+    any other logger gets the checkpoint and dataset statistics as hyperparameters."""
+    table = markdown_table(metrics)
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_text("test/metrics", table, global_step=step)
+        logger.experiment.add_text("test/results", f"```\n{json.dumps(results, indent=2, default=str)}\n```",
+                                   global_step=step)
+        logger.experiment.flush()
+    elif isinstance(logger, WandbLogger):
+        logger.log_table(key="test/metrics", columns=COLUMNS, data=metric_rows(metrics))
+        logger.experiment.save(str(path), base_path=str(path.parent), policy="now")
+    elif isinstance(logger, MLFlowLogger):
+        logger.experiment.log_text(logger.run_id, table, "test_metrics.md")
+        logger.experiment.log_artifact(logger.run_id, str(path))
+    elif not isinstance(logger, CSVLogger):
+        logger.log_hyperparams({"test_results": {"file": str(path), "checkpoint": results["checkpoint"],
+                                                 "dataset": results["dataset"]}})
+        logger.save()
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -1,39 +1,57 @@
-"""`recsys-lightning`: a LightningCLI (fit, validate, test, predict) plus `tasks`, `prepare` and `export`."""
+"""`recsys-lightning`: a LightningCLI (fit, validate, test, predict) plus `tasks`, `prepare`, `export`, `configs` and
+`serve`, dispatched from one table; `--config NAME` finds a shipped config by name."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import sys
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import datasets
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from rich.console import Console
 from rich.table import Table
 from tokenizers import Tokenizer
 
+from recsys_lightning.builtin import builtin_dir
 from recsys_lightning.callbacks import LatestCheckpoint, PredictionWriter, ResultsWriter, TrainingRandomState
 from recsys_lightning.checkpoint_io import with_atomic_checkpoints
 from recsys_lightning.pipeline.datamodule import RecDataModule
 from recsys_lightning.pipeline.prepare import prepare
 from recsys_lightning.infilling.tokenizer import wrap_tokenizer
-from recsys_lightning.model.export import export
 from recsys_lightning.errors import CheckpointError, checkpoint_file, read_checkpoint
 from recsys_lightning.report import report_errors
 from recsys_lightning.module import RecSysLLM, check_fingerprint, dataset_fingerprint
+from recsys_lightning.recommender import export_recommender
 from recsys_lightning.registry import discover
 
 
+ROOT_DIR = "${trainer.default_root_dir}"  # in a logger's save_dir or checkpoint.dirpath: the run's root folder
+# TensorBoard event files and metrics.csv side by side in <default_root_dir>/logs/version_N (CSV first: it is
+# trainer.log_dir, and it finds the folder empty)
+DEFAULT_LOGGERS = [{"class_path": f"lightning.pytorch.loggers.{name}",
+                    "init_args": {"save_dir": ROOT_DIR, "name": "logs"}} for name in ("CSVLogger", "TensorBoardLogger")]
+
+
 class RecSysCLI(LightningCLI):
-    """LightningCLI with a configurable checkpoint callback that keeps `last.ckpt` at the latest state."""
+    """LightningCLI with a configurable checkpoint callback that keeps `last.ckpt` at the latest state, and run
+    folders under `trainer.default_root_dir`: checkpoints in `<root>/checkpoints` unless `checkpoint.dirpath` is
+    set (null: the first logger's version folder, as Lightning does), logs wherever a logger's save_dir says."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(LatestCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True})
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.dirpath": f"{ROOT_DIR}/checkpoints"})
+
+    def before_instantiate_classes(self) -> None:
+        resolve_root_dir(self.config[self.subcommand] if self.subcommand else self.config)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._args = args  # kept to parse again once a checkpoint's hyperparameters are the defaults
@@ -63,7 +81,9 @@ class RecSysCLI(LightningCLI):
             callbacks = [c for c in self.trainer_defaults["callbacks"] if not isinstance(c, ProgressBar)]
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
         kwargs.setdefault("plugins", with_atomic_checkpoints(trainer.get("plugins"), trainer.get("strategy")))
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        share_run_folder(trainer.loggers)
+        return trainer
 
     def _before_evaluation(self) -> None:
         """Load checkpoints weights-only, and decode with the tokenizer the checkpoint was trained with."""
@@ -106,10 +126,32 @@ class RecSysCLI(LightningCLI):
             resume = folder / ("last.ckpt" if "last.ckpt" in earlier else earlier[0])
             raise ValueError(f"checkpoint.dirpath {folder} already holds {', '.join(earlier)} from an earlier fit: "
                              f"resume it with --ckpt_path {resume}, give this run its own folder "
-                             "(--checkpoint.dirpath, or --trainer.default_root_dir with the logger's save_dir), "
+                             "(--trainer.default_root_dir, or --checkpoint.dirpath), "
                              "or move the earlier checkpoints away")
 
     before_validate = before_test = before_predict = _before_evaluation
+
+
+def resolve_root_dir(config: Any) -> None:
+    """`${trainer.default_root_dir}` in the loggers' save_dir and in checkpoint.dirpath becomes the run's root folder
+    (the working directory when unset, as in Lightning): `--trainer.default_root_dir X` moves logs and checkpoints."""
+    root = str(config.trainer.get("default_root_dir") or os.getcwd())
+    loggers = config.trainer.get("logger")
+    for spec in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = spec.get("init_args") if hasattr(spec, "get") else None
+        if init_args is not None and isinstance(init_args.get("save_dir"), str):
+            init_args["save_dir"] = init_args["save_dir"].replace(ROOT_DIR, root)
+    if isinstance(config.checkpoint.get("dirpath"), str):
+        config.checkpoint["dirpath"] = config.checkpoint["dirpath"].replace(ROOT_DIR, root)
+
+
+def share_run_folder(loggers: Sequence[Logger]) -> None:
+    """TensorBoard and CSV loggers of one `<save_dir>/<name>` write into one version folder, the first one's: each
+    alone would count the other's new folder and take the next version."""
+    folders = [lg for lg in loggers if isinstance(lg, (CSVLogger, TensorBoardLogger))]
+    for logger in folders[1:]:
+        if logger.root_dir == folders[0].root_dir and logger._version is None:
+            logger._version = folders[0].version
 
 
 LIGHTNING_CHECKPOINTS = ("last", "best", "hpc")  # names Lightning resolves itself
@@ -142,13 +184,119 @@ def list_tasks(argv: Sequence[str]) -> None:
 
 
 def export_checkpoint(argv: Sequence[str]) -> None:
-    """Export a fit checkpoint: merged safetensors + tokenizer + backbone.yaml, and the LoRA adapter alone."""
+    """Export a fit checkpoint: merged safetensors + tokenizer + backbone.yaml, the LoRA adapter alone, and the
+    catalog, prompts and settings `Recommender.from_pretrained` needs (no dataset)."""
     parser = argparse.ArgumentParser(prog="recsys-lightning export", description=export_checkpoint.__doc__)
     parser.add_argument("--ckpt_path", required=True, type=Path, help="a checkpoint written by `fit`")
     parser.add_argument("--out", required=True, type=Path, help="a new (or empty) folder to write")
     args = parser.parse_args(argv)
-    for folder in export(args.ckpt_path, args.out):
+    for folder in export_recommender(args.ckpt_path, args.out):
         print(f"wrote {folder} (reload: --config {folder / 'backbone.yaml'})")
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Every shipped config by name: its path in `lightning_configs/` less `.yaml` (`demo`, `method/recsysllm`)."""
+    root = builtin_dir("lightning_configs")
+    return {str(p.relative_to(root).with_suffix("")): p for p in sorted(root.rglob("*.yaml"))}
+
+
+def config_path(value: str) -> str:
+    """A `--config` value: a file that exists, else the shipped config of that name (`demo`, `backbones/minilm`)."""
+    if Path(value).exists():
+        return value
+    configs = shipped_configs()
+    name = value.removesuffix(".yaml").removeprefix("lightning_configs/")
+    if name in configs:
+        return str(configs[name])
+    close = difflib.get_close_matches(name, list(configs), n=5, cutoff=0.5)
+    hint = f"close names: {', '.join(close)}" if close else "`recsys-lightning configs` lists them"
+    raise FileNotFoundError(f"--config {value}: no such file, and no shipped config of that name ({hint})")
+
+
+def resolve_config_names(args: Sequence[str]) -> list[str]:
+    """`--config NAME` and `--config=NAME` with NAME a shipped config's name become its path; real paths win."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            out[i + 1] = config_path(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + config_path(arg.removeprefix("--config="))
+    return out
+
+
+def header(path: Path) -> str:
+    """A config's first header line (its opening comment), or "" when it opens with none."""
+    first = path.read_text().splitlines()[:1]
+    return first[0].lstrip("#").strip() if first and first[0].startswith("#") else ""
+
+
+def list_configs(argv: Sequence[str]) -> None:
+    """Print every shipped config: the name `--config` takes, and the first line of its header."""
+    parser = argparse.ArgumentParser(prog="recsys-lightning configs", description=list_configs.__doc__)
+    parser.parse_args(argv)
+    table = Table(title="shipped configs (--config NAME)")
+    for column in ("name", "what"):
+        table.add_column(column)
+    for name, path in shipped_configs().items():
+        table.add_row(name, header(path))
+    Console(width=200).print(table)
+
+
+def serve(argv: Sequence[str]) -> None:
+    """Serve an exported recommender over HTTP (recsys_lightning/serve.py; needs the `serve` extra)."""
+    try:
+        from recsys_lightning.serve import serve_command
+    except ImportError as err:
+        raise ValueError(f"recsys-lightning serve needs the `serve` extra: pip install 'recsys-lightning[serve]' "
+                         f"({err})") from None
+    serve_command(list(argv))
+
+
+def fit_and_evaluate(argv: Sequence[str]) -> None:
+    """The LightningCLI subcommands: fit, validate, test, predict."""
+    datasets.disable_progress_bars()
+    with warnings.catch_warnings():  # the arguments are sys.argv's, their config names resolved
+        warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended")
+        RecSysCLI(
+            RecSysLLM,
+            RecDataModule,
+            args=list(argv),
+            auto_configure_optimizers=False,
+            parser_kwargs={"prog": "recsys-lightning"},
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "logger": DEFAULT_LOGGERS,
+                "callbacks": [RichProgressBar(), LearningRateMonitor(logging_interval="step"), ResultsWriter(),
+                              PredictionWriter(), TrainingRandomState()],
+            },
+        )
+
+
+LIGHTNING_SUBCOMMANDS = {
+    "fit": "train a model (Lightning's fit loop), validating and checkpointing on the way",
+    "validate": "run validation on a checkpoint",
+    "test": "evaluate a checkpoint on the test split: metrics table and results.json",
+    "predict": "write predictions.jsonl (top-k items per request) from a checkpoint",
+}
+# name -> (command taking the arguments after the name, one line for `recsys-lightning --help`)
+COMMANDS: dict[str, tuple[Callable[[Sequence[str]], Any], str]] = {
+    "tasks": (list_tasks, "list the registered task families: templates and metrics"),
+    "prepare": (prepare, "build a config's example cache once and print dataset statistics"),
+    "export": (export_checkpoint, "export a checkpoint: merged safetensors, tokenizer, LoRA adapter"),
+    "configs": (list_configs, "list the shipped configs `--config NAME` takes"),
+    "serve": (serve, "serve an exported recommender over HTTP (the `serve` extra)"),
+}
+
+
+def print_help() -> None:
+    """`recsys-lightning --help`: every subcommand with one line each."""
+    lines = [f"usage: recsys-lightning {{{','.join([*LIGHTNING_SUBCOMMANDS, *COMMANDS])}}} ...", "",
+             "Train a language model as a recommender (RecSysLLM) with PyTorch Lightning.", "", "subcommands:"]
+    helps = {**LIGHTNING_SUBCOMMANDS, **{name: text for name, (_, text) in COMMANDS.items()}}
+    lines += [f"  {name:<10}{text}" for name, text in helps.items()]
+    lines += ["", "`recsys-lightning <subcommand> --help` gives each one's options; `--config NAME` takes a shipped "
+              "config's name (`recsys-lightning configs`) or a path."]
+    print("\n".join(lines))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -160,28 +308,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "tasks":
-        list_tasks(args[1:])
+    if not args or args[0] in ("-h", "--help"):
+        print_help()
         return
-    if args and args[0] == "prepare":
-        prepare(args[1:])
+    if args[0] in COMMANDS:
+        command, _ = COMMANDS[args[0]]
+        command(resolve_config_names(args[1:]) if args[0] == "prepare" else args[1:])
         return
-    if args and args[0] == "export":
-        export_checkpoint(args[1:])
-        return
-    datasets.disable_progress_bars()
-    RecSysCLI(
-        RecSysLLM,
-        RecDataModule,
-        args=None if argv is None else args,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
-            "callbacks": [RichProgressBar(), LearningRateMonitor(logging_interval="step"), ResultsWriter(),
-                          PredictionWriter(), TrainingRandomState()],
-        },
-    )
+    fit_and_evaluate(resolve_config_names(args))
 
 
 if __name__ == "__main__":

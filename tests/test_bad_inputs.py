@@ -460,8 +460,7 @@ def _run_args(sub: str, *extra: str) -> Callable[[Path, Path], list[str]]:
         ckpt = ["--checkpoint.dirpath", str(tmp / "ckpt")] if sub == "fit" else []
         words = [w.replace("{tmp}", str(tmp)) for w in extra]
         return [sub, "--config", str(CONFIG), *TINY, "--data.root", str(root), "--data.cache_dir", str(tmp / "cache"),
-                "--trainer.default_root_dir", str(tmp / "runs"), "--trainer.logger.init_args.save_dir",
-                str(tmp / "runs"), *ckpt, *words]
+                "--trainer.default_root_dir", str(tmp / "runs"), *ckpt, *words]
     return make
 
 

@@ -1,13 +1,16 @@
-"""LatestCheckpoint through the real CLI: `last.ckpt` follows training when the monitored metric stops improving,
-and is written every N steps from step N, before the monitored metric exists."""
+"""Through the real CLI: LatestCheckpoint's `last.ckpt` follows training when the monitored metric stops improving,
+and is written every N steps from step N, before the monitored metric exists; ResultsWriter gives the test run's
+metric table and results.json to every logger (TensorBoard, MLflow, W&B, any other)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import Logger
 
 from tests.conftest import SEQUENTIAL_ONLY
 from tests.test_cli import run
@@ -54,3 +57,65 @@ def test_every_n_train_steps_writes_last_from_step_n_before_the_monitored_metric
              for name in ("best", "last")}
     assert saved == {"best": 10, "last": 10}
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["best.ckpt", "last.ckpt"]  # no temp files
+
+
+class RecordingLogger(Logger):
+    """A logger of no kind ResultsWriter knows: records the hyperparameters it is given."""
+
+    hyperparams: list[dict] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        type(self).hyperparams.append(dict(params) if isinstance(params, dict) else {})
+
+
+def test_the_test_metric_table_and_results_reach_tensorboard_and_any_other_logger(tmp_path, tiny_reviews):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY)
+    RecordingLogger.hyperparams = []
+    out = run("test", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"),
+              "--trainer.logger+=tests.test_callbacks.RecordingLogger")
+    results = json.loads((out / "results.json").read_text())
+    events = EventAccumulator(str(out), size_guidance={"tensors": 0})  # the TensorBoard files beside metrics.csv
+    events.Reload()
+    assert (out / "metrics.csv").is_file() and "test/sequential/hr@10" in events.Tags()["scalars"]
+    table = events.Tensors("test/metrics/text_summary")[0].tensor_proto.string_val[0].decode()
+    seq = results["metrics"]["sequential"]
+    assert f"| sequential | hr@10 | {seq['hr@10']:.4f} | {seq['unseen/hr@10']:.4f} |" in table
+    given = [p["test_results"] for p in RecordingLogger.hyperparams if "test_results" in p]
+    assert given == [{"file": str(out / "results.json"), "checkpoint": results["checkpoint"],
+                      "dataset": results["dataset"]}]
+
+
+def test_the_mlflow_overlay_logs_the_test_table_and_results_json_into_a_local_store(tmp_path, tiny_reviews,
+                                                                                     monkeypatch):
+    pytest.importorskip("mlflow")  # the `mlflow` extra
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, "--config", "loggers/mlflow")
+    run("test", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, "--config", "loggers/mlflow", "--ckpt_path",
+        str(tmp_path / "ckpt" / "last.ckpt"))
+    store = tmp_path / "mlruns"  # file:<default_root_dir>/mlruns
+    assert len(list(store.rglob("artifacts/results.json"))) == 1 and list(store.rglob("artifacts/test_metrics.md"))
+    assert list(store.rglob("metrics/test/sequential/hr@10")) or list(store.rglob("hr@10"))
+
+
+def test_the_wandb_overlay_logs_the_test_table_and_results_json_offline(tmp_path, tiny_reviews, monkeypatch):
+    pytest.importorskip("wandb")  # the `wandb` extra
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    offline = ("--config", "loggers/wandb", "--trainer.logger.init_args.offline", "true")  # the last logger: W&B
+    run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, *offline)
+    run("test", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, *offline, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"))
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))  # <default_root_dir>/wandb
+    assert len(runs) == 2 and list(runs[-1].rglob("results.json"))
+    assert list(runs[-1].rglob("*test/metrics*.table.json"))

@@ -172,7 +172,7 @@ def test_a_fit_on_a_real_full_disk_stops_with_one_line_and_keeps_last_ckpt(tmp_p
     message = full_disk_message(capsys, lambda: main([
         "fit", "--config", str(REPO / "lightning_configs" / "demo.yaml"), *TINY, *SEQUENTIAL_ONLY,
         "--data.root", str(tiny_reviews), "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--data.cache_dir", str(tmp_path / "cache"),
+        "--data.cache_dir", str(tmp_path / "cache"),
         "--trainer.max_steps", "5", "--checkpoint.every_n_train_steps", "1", "--checkpoint.dirpath", str(folder),
         "--trainer.callbacks+=tests.test_checkpoint_io.FillDisk"]))
     assert f"checkpoint {folder}/last.ckpt not written: no space left on the device (" in message

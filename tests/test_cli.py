@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import re
 import shutil
+import sys
 import textwrap
+import types
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 
-from recsys_lightning.cli import main
+from recsys_lightning.cli import main, resolve_config_names
 from recsys_lightning.builtin import builtin_dir
 from tests.conftest import ONE_EPOCH, SEQUENTIAL_ONLY
 
@@ -27,12 +30,11 @@ TINY = [
 
 
 def run(sub: str, tmp: Path, root: Path, *extra: str, config: str = "lightning_configs/demo.yaml") -> Path:
-    logs = tmp / "logs"
+    """A CLI run under `tmp` (its checkpoints in tmp/ckpt); returns its log folder, tmp/<name>/version_N."""
     main([sub, "--config", str(builtin_dir("lightning_configs").parent / config), *TINY,
-          "--data.root", str(root), "--trainer.default_root_dir", str(tmp),
-          "--trainer.logger.init_args.save_dir", str(logs), "--data.cache_dir", str(tmp / "cache"), *extra,
-          *(["--checkpoint.dirpath", str(tmp / "ckpt")] if sub == "fit" else [])])
-    return max(logs.glob("*/version_*"), key=lambda p: p.stat().st_mtime)
+          "--data.root", str(root), "--trainer.default_root_dir", str(tmp), "--data.cache_dir", str(tmp / "cache"),
+          *extra, *(["--checkpoint.dirpath", str(tmp / "ckpt")] if sub == "fit" else [])])
+    return max(tmp.glob("*/version_*"), key=lambda p: p.stat().st_mtime)
 
 
 def test_fit_then_test_writes_checkpoints_and_results(tmp_path, tiny_reviews, capsys):
@@ -224,7 +226,7 @@ def test_bad_family_option_fails_before_training(tmp_path, tiny_reviews, capsys)
 def test_a_refit_fits_without_validation_and_refuses_families_it_cannot_refit_before_training(tmp_path, tiny_reviews,
                                                                                            capsys):
     refit = ["--config", str(builtin_dir("lightning_configs") / "method" / "refit.yaml"),  # its own run folders:
-             "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
+             "--trainer.default_root_dir", str(tmp_path)]
     with refused(capsys, r"families \['rating', 'explanation', 'review'\] cannot"):
         run("fit", tmp_path / "mixed", tiny_reviews, *refit)  # the demo's tasks: sequential, direct, rating
     assert not list(tmp_path.rglob("*.ckpt"))
@@ -232,3 +234,72 @@ def test_a_refit_fits_without_validation_and_refuses_families_it_cannot_refit_be
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
     logged = (out / "metrics.csv").read_text()
     assert "train/loss" in logged and "val/" not in logged
+
+
+def test_default_root_dir_moves_checkpoints_and_both_loggers_files(tmp_path, tiny_reviews, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the demo config's own root is runs/demo: nothing may land there
+    root = tmp_path / "x"
+    main(["fit", "--config", "demo", *TINY, *SEQUENTIAL_ONLY, "--data.root", str(tiny_reviews),
+          "--data.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir", str(root)])
+    assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    run_folder = root / "logs" / "version_0"  # CSV and TensorBoard share one version folder
+    assert (run_folder / "metrics.csv").is_file() and list(run_folder.glob("events.out.tfevents.*"))
+    assert (run_folder / "config.yaml").is_file() and not (root / "logs" / "version_1").exists()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_names_resolve_to_shipped_configs_and_a_real_path_wins(tmp_path, monkeypatch, capsys):
+    configs = builtin_dir("lightning_configs")
+    args = resolve_config_names(["fit", "--config", "demo", "--config=method/recsysllm", "--config",
+                                 "backbones/minilm.yaml", "--data.root", "demo"])
+    assert args == ["fit", "--config", str(configs / "demo.yaml"), f"--config={configs / 'method' / 'recsysllm.yaml'}",
+                    "--config", str(configs / "backbones" / "minilm.yaml"), "--data.root", "demo"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").write_text("seed_everything: 7\n")
+    assert resolve_config_names(["--config", "demo"]) == ["--config", "demo"]
+    with pytest.raises(SystemExit) as done:  # a name, end to end through the LightningCLI
+        main(["fit", "--config", "method/recsysllm", "--print_config"])
+    assert done.value.code == 0 and yaml.safe_load(capsys.readouterr().out)["data"]["item_index"] == "atomic"
+
+
+def test_an_unknown_config_name_is_named_with_close_names(capsys):
+    with refused(capsys, r"--config method/recsysllmm: no such file, and no shipped config of that name "
+                         r"\(close names: method/recsysllm"):
+        main(["fit", "--config", "method/recsysllmm"])
+
+
+def test_configs_command_lists_every_shipped_config_with_its_header(capsys):
+    main(["configs"])
+    out = capsys.readouterr().out
+    for path in builtin_dir("lightning_configs").rglob("*.yaml"):
+        assert str(path.relative_to(builtin_dir("lightning_configs")).with_suffix("")) in out, path
+    assert "method/recsysllm" in out and "Method: the RecSysLLM recipe." in out and "loggers/wandb" in out
+
+
+SUBCOMMANDS = ["fit", "validate", "test", "predict", "tasks", "prepare", "export", "configs", "serve"]
+
+
+def test_help_lists_every_subcommand_and_each_has_its_own_help(capsys, monkeypatch):
+    main(["--help"])
+    listed = re.findall(r"^  (\w+) ", capsys.readouterr().out, flags=re.MULTILINE)
+    assert listed == SUBCOMMANDS
+    fake = types.ModuleType("recsys_lightning.serve")
+    fake.serve_command = lambda argv: argparse.ArgumentParser(prog="recsys-lightning serve").parse_args(argv)
+    monkeypatch.setitem(sys.modules, "recsys_lightning.serve", fake)
+    for sub in SUBCOMMANDS:
+        with pytest.raises(SystemExit) as done:
+            main([sub, "--help"])
+        usage = capsys.readouterr().out.split("\n")[0]
+        assert done.value.code == 0 and re.match(rf"usage: recsys-lightning (\[options\] )?{sub}\b", usage), usage
+
+
+def test_serve_is_dispatched_lazily_and_without_its_extra_says_what_to_install(capsys, monkeypatch):
+    seen = []
+    fake = types.ModuleType("recsys_lightning.serve")
+    fake.serve_command = seen.append
+    monkeypatch.setitem(sys.modules, "recsys_lightning.serve", fake)
+    main(["serve", "--model", "exported"])
+    assert seen == [["--model", "exported"]]
+    monkeypatch.setitem(sys.modules, "recsys_lightning.serve", None)  # import fails, as without the extra
+    with refused(capsys, r"serve needs the `serve` extra: pip install 'recsys-lightning\[serve\]'"):
+        main(["serve"])

@@ -86,9 +86,13 @@ def test_dataset_method_hardware_compose(dataset, chain):
     for hardware in HARDWARE if dataset == "beauty" and len(chain) == 1 else HARDWARE[:1]:
         config = resolved(["fit", *compose(dataset, chain, hardware)])
         assert config["data"]["root"] == f"data/{dataset}" and config["data"]["format"] == "s3rec"
-        logger = config["trainer"]["logger"]["init_args"]  # runs/<dataset>/<overlay>/version_N/checkpoints
-        assert logger["save_dir"] == f"runs/{dataset}" and logger["name"] in {m.split("/")[-1] for m in chain}
-        assert config["checkpoint"]["dirpath"] is None
+        # runs/<dataset>/<overlay>/version_N/: metrics.csv, TensorBoard events, checkpoints/
+        loggers = config["trainer"]["logger"]
+        assert [lg["class_path"].rsplit(".", 1)[1] for lg in loggers] == ["CSVLogger", "TensorBoardLogger"]
+        assert {lg["init_args"]["save_dir"] for lg in loggers} == {"${trainer.default_root_dir}"}
+        assert len({lg["init_args"]["name"] for lg in loggers}) == 1
+        assert loggers[0]["init_args"]["name"] in {m.split("/")[-1] for m in chain}
+        assert config["trainer"]["default_root_dir"] == f"runs/{dataset}" and config["checkpoint"]["dirpath"] is None
         build_families(config)
 
 

@@ -90,8 +90,7 @@ USERS = 41  # an odd request count: a padding sampler would decode one request t
 def cli(sub: str, out: Path, strategy: str | None, data: Path, *extra: str) -> list[str]:
     """A CLI invocation logging under `out`; `strategy` composes lightning_configs/strategy/<strategy>.yaml."""
     config = ["--config", str(CONFIGS / "strategy" / f"{strategy}.yaml"), "--trainer.devices", "2"] if strategy else []
-    return [sub, *TINY, *config, "--data.root", str(data), "--trainer.default_root_dir", str(out),
-            "--trainer.logger.init_args.save_dir", str(out / "logs"), *extra]
+    return [sub, *TINY, *config, "--data.root", str(data), "--trainer.default_root_dir", str(out), *extra]
 
 
 def fit(root: Path, data: Path, strategy: str, name: str, steps: int, *extra: str) -> list[str]:

@@ -74,7 +74,8 @@ def fit(root: Path, data: Path, strategy: str | None, name: str, *extra: str) ->
                "--checkpoint.dirpath", str(root / ("full" if name == "full" else "cut") / "ckpt"),
                "--checkpoint.every_n_train_steps", "1", "--trainer.val_check_interval", "4",
                "--trainer.check_val_every_n_epoch", "null", "--trainer.limit_val_batches", "1",
-               "--trainer.logger.init_args.flush_logs_every_n_steps", "1", *extra)
+               "--trainer.logger", json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {
+                   "save_dir": str(root / name), "flush_logs_every_n_steps": 1}}), *extra)
 
 
 def resume(root: Path, data: Path, strategy: str | None, name: str, *extra: str) -> list[str]:
