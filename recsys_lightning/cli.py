@@ -34,7 +34,7 @@ from recsys_lightning.recommender import export_recommender
 from recsys_lightning.registry import discover
 
 
-ROOT_DIR = "${trainer.default_root_dir}"  # in a logger's save_dir or checkpoint.dirpath: the run's root folder
+ROOT_DIR = "${trainer.default_root_dir}"  # in a logger's arguments or checkpoint.dirpath: the run's root folder
 # TensorBoard event files and metrics.csv side by side in <default_root_dir>/logs/version_N (CSV first: it is
 # trainer.log_dir, and it finds the folder empty)
 DEFAULT_LOGGERS = [{"class_path": f"lightning.pytorch.loggers.{name}",
@@ -133,14 +133,16 @@ class RecSysCLI(LightningCLI):
 
 
 def resolve_root_dir(config: Any) -> None:
-    """`${trainer.default_root_dir}` in the loggers' save_dir and in checkpoint.dirpath becomes the run's root folder
-    (the working directory when unset, as in Lightning): `--trainer.default_root_dir X` moves logs and checkpoints."""
+    """`${trainer.default_root_dir}` in a logger's arguments (save_dir, a tracking URI) and in checkpoint.dirpath
+    becomes the run's root folder (the working directory when unset, as in Lightning): `--trainer.default_root_dir
+    X` moves logs and checkpoints."""
     root = str(config.trainer.get("default_root_dir") or os.getcwd())
     loggers = config.trainer.get("logger")
     for spec in loggers if isinstance(loggers, list) else [loggers]:
         init_args = spec.get("init_args") if hasattr(spec, "get") else None
-        if init_args is not None and isinstance(init_args.get("save_dir"), str):
-            init_args["save_dir"] = init_args["save_dir"].replace(ROOT_DIR, root)
+        for key, value in list((init_args or {}).items()):
+            if isinstance(value, str):
+                init_args[key] = value.replace(ROOT_DIR, root)
     if isinstance(config.checkpoint.get("dirpath"), str):
         config.checkpoint["dirpath"] = config.checkpoint["dirpath"].replace(ROOT_DIR, root)
 

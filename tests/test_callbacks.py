@@ -98,24 +98,27 @@ def test_the_test_metric_table_and_results_reach_tensorboard_and_any_other_logge
                       "dataset": results["dataset"]}]
 
 
-def test_the_mlflow_overlay_logs_the_test_table_and_results_json_into_a_local_store(tmp_path, tiny_reviews,
-                                                                                     monkeypatch):
-    pytest.importorskip("mlflow")  # the `mlflow` extra
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_the_mlflow_overlay_logs_the_test_table_and_results_json_into_a_local_store(tmp_path, tiny_reviews):
+    mlflow = pytest.importorskip("mlflow")  # the `mlflow` extra
     run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, "--config", "loggers/mlflow")
     run("test", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, "--config", "loggers/mlflow", "--ckpt_path",
         str(tmp_path / "ckpt" / "last.ckpt"))
-    store = tmp_path / "mlruns"  # file:<default_root_dir>/mlruns
-    assert len(list(store.rglob("artifacts/results.json"))) == 1 and list(store.rglob("artifacts/test_metrics.md"))
-    assert list(store.rglob("metrics/test/sequential/hr@10")) or list(store.rglob("hr@10"))
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")  # <default_root_dir>/mlflow.db
+    runs = client.search_runs([client.get_experiment_by_name("recsys-lightning").experiment_id],
+                              order_by=["attributes.start_time DESC"])
+    assert len(runs) == 2 and any(key.startswith("test/sequential/") for key in runs[0].data.metrics)
+    artifacts = tmp_path / "mlartifacts"
+    assert sorted(p.name for p in artifacts.rglob("*.*")) == ["results.json", "test_metrics.md"]
 
 
 def test_the_wandb_overlay_logs_the_test_table_and_results_json_offline(tmp_path, tiny_reviews, monkeypatch):
-    pytest.importorskip("wandb")  # the `wandb` extra
+    wandb = pytest.importorskip("wandb")  # the `wandb` extra
     monkeypatch.setenv("WANDB_SILENT", "true")
     offline = ("--config", "loggers/wandb", "--trainer.logger.init_args.offline", "true")  # the last logger: W&B
     run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, *offline)
+    wandb.finish()  # as the fit's process would at its exit: the test run is a run of its own
     run("test", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, *offline, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"))
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))  # <default_root_dir>/wandb
     assert len(runs) == 2 and list(runs[-1].rglob("results.json"))
+    wandb.finish()
     assert list(runs[-1].rglob("*test/metrics*.table.json"))
