@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean bench bench-generate bench-train
+.PHONY: install demo test clean bench bench-generate bench-train bench-serve
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,8 +33,13 @@ bench-generate: install
 bench-train: install
 	$(BIN)/python benchmarks/bench_train.py $(BENCH_TRAIN_ARGS)
 
+# Serving: `recsys-lightning serve` (LitServe) answering POST /recommend from 1, 8 and 32 concurrent clients: requests/s
+# and p50/p99 latency (JSON last line). It fits a demo-size model first unless BENCH_SERVE_ARGS="--model DIR".
+bench-serve: install
+	$(BIN)/python benchmarks/bench_serve.py $(BENCH_SERVE_ARGS)
+
 # Every benchmark; each prints one JSON object as its last line.
-bench: bench-generate bench-train
+bench: bench-generate bench-train bench-serve
 
 clean:
 	rm -rf $(VENV) runs .cache

@@ -49,7 +49,7 @@ def recommender(exported) -> Recommender:
 
 
 @pytest.fixture(scope="module")
-def server(exported, tmp_path_factory):
+def server(exported, tmp_path_factory):  # tests that take it are slow: a server of several processes starts
     log = tmp_path_factory.mktemp("serve_log") / "server.log"
     with running_server(exported, "--log_level", "warning", "--max_batch_size", "8", "--batch_timeout", "0.05",
                         log=log) as running:
@@ -67,11 +67,13 @@ def items(answer: httpx.Response) -> list[str]:
     return [entry["item"] for entry in answer.json()["items"]]
 
 
+@pytest.mark.slow
 def test_health_answers_ok_once_the_workers_are_ready(server):
     answer = httpx.get(f"{server.url}/health", timeout=10)
     assert (answer.status_code, answer.text) == (200, "ok")
 
 
+@pytest.mark.slow
 def test_recommend_over_http_equals_the_recommender_in_process(server, recommender):
     for user in recommender.users[:3]:
         answer = post(server, "recommend", {"user": user, "k": 5})
@@ -84,6 +86,7 @@ def test_recommend_over_http_equals_the_recommender_in_process(server, recommend
         [item for item, _ in expected]
 
 
+@pytest.mark.slow
 def test_concurrent_requests_each_get_their_own_answer(server, recommender):
     users = recommender.users[:16]
     ks = [3 + i % 3 for i in range(len(users))]  # several k: the server decodes each k's requests together
@@ -109,6 +112,7 @@ def test_a_refused_request_in_a_batch_leaves_the_others_their_answers(exported, 
     assert "unknown user 'no-such-user'" in json.loads(answers[1].body)["detail"]
 
 
+@pytest.mark.slow
 def test_score_and_rate_equal_the_recommender_in_process(server, recommender):
     user, candidates = recommender.users[0], recommender.items[:4]
     answer = post(server, "score", {"user": user, "items": candidates})
@@ -135,6 +139,7 @@ BAD_REQUESTS = {  # endpoint, body, status, a phrase of the reason
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_a_bad_request_gets_a_4xx_with_its_reason_and_the_server_answers_on(server, recommender, case):
     endpoint, body, status, reason = BAD_REQUESTS[case]
@@ -156,6 +161,7 @@ def test_serve_refuses_a_missing_model_in_one_line(tmp_path, capsys):
 
 
 # Last on purpose: it stops the module's server.
+@pytest.mark.slow
 def test_sigterm_stops_the_server_and_every_process_it_started(server):
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=60) == 0
