@@ -211,7 +211,7 @@ class Recommender:
         self.settings = settings
         self.index = ItemIndex(settings["index"]["kind"], catalog.renders, tuple(settings["index"]["new_tokens"]))
         self.context = FamilyContext(catalog.data(), self.index, tokenizer, settings["data"]["seed"])
-        for family in families.values():  # the serving context; dataset-level set-up (rating scale) is done here
+        for family in families.values():  # no dataset-level set-up: the rating scale comes from the catalog
             family.context = self.context
         self.families = families
         model = settings["model"]

@@ -15,7 +15,7 @@ from recsys_lightning import FamilyNotTrainedError, Recommender, UnknownIdError
 from recsys_lightning.cli import main
 from recsys_lightning.builtin import builtin_dir
 from recsys_lightning.family import seeded_choice
-from recsys_lightning.recommender import copy_plugins, export_recommender
+from recsys_lightning.recommender import copy_plugins
 from tests.conftest import ONE_EPOCH, write_reviews
 
 TASKS = json.dumps([{"name": "sequential"}, {"name": "rating"}, {"name": "explanation"}])
@@ -29,21 +29,22 @@ TINY = ["--model.backbone.init_args.hidden_size", "32", "--model.backbone.init_a
 
 def run(sub: str, tmp: Path, root: Path, *extra: str) -> None:
     main([sub, "--config", str(builtin_dir("lightning_configs").parent / "lightning_configs/demo.yaml"), *TINY,
-          "--data.root", str(root), "--trainer.default_root_dir", str(tmp),
-          "--trainer.logger.init_args.save_dir", str(tmp / "logs"), "--data.cache_dir", str(tmp / "cache"), *extra,
+          "--data.root", str(root), "--trainer.default_root_dir", str(tmp), "--data.cache_dir", str(tmp / "cache"),
+          *extra,
           *(["--checkpoint.dirpath", str(tmp / "ckpt")] if sub == "fit" else [])])
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """A fitted tiny model (ckpt/last.ckpt), its test results and predictions (logs/) and its export (export/)."""
+    """A fitted tiny model (ckpt/last.ckpt), its test results and predictions (logs/) and its export (export/,
+    by `recsys-lightning export`)."""
     tmp = tmp_path_factory.mktemp("recommender")
     root = write_reviews(tmp / "reviews", users=40)
     run("fit", tmp, root)
     ckpt = tmp / "ckpt" / "last.ckpt"
     run("test", tmp, root, "--ckpt_path", str(ckpt))
     run("predict", tmp, root, "--ckpt_path", str(ckpt))
-    export_recommender(ckpt, tmp / "export")
+    main(["export", "--ckpt_path", str(ckpt), "--out", str(tmp / "export")])
     return tmp
 
 
