@@ -7,6 +7,7 @@ import argparse
 import difflib
 import os
 import sys
+from functools import partial
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -14,12 +15,13 @@ from typing import Any, Callable, Sequence
 import datasets
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple, instantiate_class
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from rich.console import Console
 from rich.table import Table
 from tokenizers import Tokenizer
+from torch.optim import Optimizer
 
 from recsys_lightning.builtin import builtin_dir
 from recsys_lightning.callbacks import LatestCheckpoint, PredictionWriter, ResultsWriter, TrainingRandomState
@@ -47,11 +49,24 @@ class RecSysCLI(LightningCLI):
     set (null: the first logger's version folder, as Lightning does), logs wherever a logger's save_dir says."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_optimizer_args((Optimizer,))  # --optimizer, --lr_scheduler: see _add_configure_optimizers_...
+        parser.add_lr_scheduler_args(LRSchedulerTypeTuple)
         parser.add_lightning_class_args(LatestCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.dirpath": f"{ROOT_DIR}/checkpoints"})
 
     def before_instantiate_classes(self) -> None:
         resolve_root_dir(self.config[self.subcommand] if self.subcommand else self.config)
+
+    def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
+        """`--optimizer` / `--lr_scheduler` are built by `RecSysLLM.configure_optimizers`, over its parameter groups
+        (weight decay on matrices only), its warm-up schedule kept when no `--lr_scheduler` is given. LightningCLI's
+        own method (off: `auto_configure_optimizers=False`) would build them over `model.parameters()`, which are
+        empty before `configure_model`, and replace the module's method."""
+        optimizer, scheduler = self._get(self.config_init, "optimizer"), self._get(self.config_init, "lr_scheduler")
+        if optimizer:
+            self.model.make_optimizer = partial(instantiate_class, init=optimizer)
+        if scheduler:
+            self.model.make_lr_scheduler = partial(instantiate_class, init=scheduler)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._args = args  # kept to parse again once a checkpoint's hyperparameters are the defaults
