@@ -1,10 +1,12 @@
 """`recsys-lightning export` round trips: LoRA fine-tuned on a pretrained native GLM and on a pretrained HF Llama
 (both tiny, written locally), exported merged and adapter-only, reloaded through the written configs with
-identical logits; plus the demo fitting and testing with the tiny Llama config."""
+identical logits, and as a `Recommender` with neither the base model nor the dataset present; plus the demo fitting
+and testing with the tiny Llama config."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,12 +14,15 @@ import torch
 import yaml
 from lightning.pytorch.cli import instantiate_class
 
+from recsys_lightning import Recommender
 from recsys_lightning.cli import main
 from recsys_lightning.infilling.tokens import GLMTokens
 from recsys_lightning.model.export import export, restore
 from recsys_lightning.model.glm import GLMConfig, GLMModel
 from recsys_lightning.infilling.layout import blank_infilling_mask
 from recsys_lightning.builtin import builtin_dir
+from recsys_lightning.data.schema import DataError
+from recsys_lightning.recommender import export_recommender
 from tests.conftest import ONE_EPOCH, SEQUENTIAL_ONLY
 from tests.model.conftest import (one_sample, write_glm_tokenizer_config, write_gpt2_vocab, write_pretrained,
                                   write_thudm_checkpoint)
@@ -57,11 +62,11 @@ def logits(network, tokens) -> torch.Tensor:
         return network(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask).logits
 
 
-def check_round_trip(ckpt: Path, out: Path) -> None:
+def check_round_trip(ckpt: Path, out: Path, base: Path, root: Path) -> None:
     restored = restore(ckpt)
     tokens = GLMTokens.of(restored.tokenizer)
     trained = logits(restored.network, tokens)
-    written = export(ckpt, out)
+    written = export_recommender(ckpt, out)  # what `recsys-lightning export` writes
     assert written == [out.resolve(), out.resolve() / "adapter"]
     assert (out / "backbone.yaml").is_file() and any(out.glob("*.safetensors"))
     torch.testing.assert_close(logits(reload(out / "backbone.yaml"), tokens), trained, atol=1e-5, rtol=1e-4)
@@ -69,9 +74,28 @@ def check_round_trip(ckpt: Path, out: Path) -> None:
                                atol=1e-5, rtol=1e-4)
     with pytest.raises(FileExistsError, match="not an empty folder"):
         export(ckpt, out)  # an existing export is never overwritten
+    check_recommender(ckpt, out, base, root)
+
+
+def check_recommender(ckpt: Path, out: Path, base: Path, root: Path) -> None:
+    """The export recommends as the checkpoint does with neither the pretrained base nor the dataset present; an
+    export that cannot read the dataset leaves no folder behind."""
+    direct = Recommender.from_checkpoint(ckpt)
+    users = direct.users[:3]
+    expected = direct.recommend_batch(users=users, k=5)
+    root.rename(root.with_name("data-gone"))
+    with pytest.raises(DataError, match="dataset folder .* does not exist"):
+        export_recommender(ckpt, out.with_name("failed"))
+    assert not out.with_name("failed").exists()
+    base.rename(base.with_name("base-gone"))
+    exported = Recommender.from_pretrained(out)
+    for got, want in zip(exported.recommend_batch(users=users, k=5), expected):
+        assert [item for item, _ in got] == [item for item, _ in want]
+        assert [score for _, score in got] == pytest.approx([score for _, score in want], abs=1e-4)
 
 
 def test_native_glm_lora_export_round_trip(tmp_path, tiny_reviews):
+    root = Path(shutil.copytree(tiny_reviews, tmp_path / "reviews"))  # moved away once exported
     base = tmp_path / "glm-base"
     write_gpt2_vocab(base)
     write_glm_tokenizer_config(base)
@@ -84,22 +108,25 @@ def test_native_glm_lora_export_round_trip(tmp_path, tiny_reviews):
     config = backbone_yaml(tmp_path, "recsys_lightning.model.backbones.NativeGLM", checkpoint=str(base),
                            hidden_dropout=0.0, attention_dropout=0.0)
     # rows within the base's 257 positions (a longer data.max_length is refused before training)
-    cli("fit", tmp_path, tiny_reviews, config, extra=("--model.lr", "0.05", "--data.max_length", "256",
-                                                      "--data.pack_length", "256"))
-    check_round_trip(tmp_path / "ckpt" / "last.ckpt", tmp_path / "export")
+    cli("fit", tmp_path, root, config, extra=("--model.lr", "0.05", "--data.max_length", "256",
+                                              "--data.pack_length", "256"))
+    check_round_trip(tmp_path / "ckpt" / "last.ckpt", tmp_path / "export", base, root)
     merged = yaml.safe_load((tmp_path / "export" / "backbone.yaml").read_text())["model"]["backbone"]["init_args"]
     assert merged["checkpoint"] == str((tmp_path / "export").resolve()) and merged["adapter"] is None
     assert json.loads((tmp_path / "export" / "config.json").read_text())["num_layers"] == 2
 
 
 def test_hf_llama_lora_export_round_trip(tmp_path, tiny_reviews):
+    root = Path(shutil.copytree(tiny_reviews, tmp_path / "reviews"))  # moved away once exported
     write_pretrained(tmp_path / "llama-base")
     config = backbone_yaml(tmp_path, "recsys_lightning.model.hf_glm.HFCausalLM", model=str(tmp_path / "llama-base"),
                            max_block_positions=64)
-    cli("fit", tmp_path, tiny_reviews, config, extra=("--model.lr", "0.05"))
+    cli("fit", tmp_path, root, config, extra=("--model.lr", "0.05"))
     # the backbone's tokenizer (not the checkpoint's string) decodes, and matches the checkpoint's fingerprint
-    cli("test", tmp_path, tiny_reviews, config, extra=("--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")))
-    check_round_trip(tmp_path / "ckpt" / "last.ckpt", tmp_path / "export")
+    cli("test", tmp_path, root, config, extra=("--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")))
+    check_round_trip(tmp_path / "ckpt" / "last.ckpt", tmp_path / "export", tmp_path / "llama-base", root)
+    card = (tmp_path / "export" / "README.md").read_text()  # the model card has the test run's metrics
+    assert "| sequential | hr@10 |" in card and "HFCausalLM" in card
     assert (tmp_path / "export" / "adapter" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "export" / "adapter" / "block_position_embeddings.safetensors").is_file()
 
