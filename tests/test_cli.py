@@ -303,3 +303,12 @@ def test_serve_is_dispatched_lazily_and_without_its_extra_says_what_to_install(c
     monkeypatch.setitem(sys.modules, "recsys_lightning.serve", None)  # import fails, as without the extra
     with refused(capsys, r"serve needs the `serve` extra: pip install 'recsys-lightning\[serve\]'"):
         main(["serve"])
+
+
+def test_a_method_overlays_run_is_one_version_folder_holding_both_logs_and_its_checkpoints(tmp_path, tiny_reviews):
+    main(["fit", "--config", "demo", "--config", "method/id_only", *TINY, *SEQUENTIAL_ONLY, "--data.root",
+          str(tiny_reviews), "--data.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir", str(tmp_path)])
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("*/version_*")) == ["id_only/version_0"]
+    run_folder = tmp_path / "id_only" / "version_0"  # runs/<dataset>/<overlay>/version_N
+    assert (run_folder / "metrics.csv").is_file() and list(run_folder.glob("events.out.tfevents.*"))
+    assert (run_folder / "checkpoints" / "last.ckpt").is_file() and not (tmp_path / "checkpoints").exists()
