@@ -260,6 +260,9 @@ def test_config_names_resolve_to_shipped_configs_and_a_real_path_wins(tmp_path, 
     with pytest.raises(SystemExit) as done:  # a name, end to end through the LightningCLI
         main(["fit", "--config", "method/recsysllm", "--print_config"])
     assert done.value.code == 0 and yaml.safe_load(capsys.readouterr().out)["data"]["item_index"] == "atomic"
+    with pytest.raises(SystemExit) as done:  # and through `prepare`
+        main(["prepare", "--config", "method/recsysllm", "--print_config"])
+    assert done.value.code == 0 and yaml.safe_load(capsys.readouterr().out)["data"]["item_index"] == "atomic"
 
 
 def test_an_unknown_config_name_is_named_with_close_names(capsys):
