@@ -22,7 +22,7 @@ TASKS = json.dumps([{"name": "sequential"}, {"name": "rating"}, {"name": "explan
 TINY = ["--model.backbone.init_args.hidden_size", "32", "--model.backbone.init_args.num_layers", "1",
         "--model.backbone.init_args.num_attention_heads", "2", "--data.vocab_size", "300",
         "--data.batch_size", "16", "--data.eval_batch_size", "32", "--model.beam_size", "10",
-        "--trainer.limit_train_batches", "6", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+        "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
         "--trainer.enable_progress_bar", "false", *ONE_EPOCH, "--data.tasks", TASKS,
         "--checkpoint.monitor", "val/sequential/ndcg@10"]
 
@@ -42,15 +42,16 @@ def run_dir(tmp_path_factory) -> Path:
     root = write_reviews(tmp / "reviews", users=40)
     run("fit", tmp, root)
     ckpt = tmp / "ckpt" / "last.ckpt"
-    run("test", tmp, root, "--ckpt_path", str(ckpt))
-    run("predict", tmp, root, "--ckpt_path", str(ckpt))
+    run("test", tmp, root, "--ckpt_path", str(ckpt), "--trainer.limit_test_batches", "1")
+    run("predict", tmp, root, "--ckpt_path", str(ckpt), "--trainer.limit_predict_batches", "1")
     main(["export", "--ckpt_path", str(ckpt), "--out", str(tmp / "export")])
     return tmp
 
 
 @pytest.fixture(scope="module")
 def predictions(run_dir) -> list[dict[str, Any]]:
-    """The predict loop's answers (seen-template streams first, in dataset order)."""
+    """The predict loop's answers: each stream's first batch (32 requests), seen templates first, in dataset
+    order."""
     path = next((run_dir / "logs").rglob("predictions.jsonl"))
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -81,8 +82,8 @@ def test_export_folder_holds_the_catalog_prompts_settings_and_a_model_card(run_d
 def test_recommend_from_the_export_alone_equals_the_predict_loop(rec, predictions):
     family = rec.families["sequential"]
     templates = tuple(t for t in family.prompts.seen if family.evaluates(t))
-    lines = [p for p in predictions if p["task"] == "sequential"][: len(rec.users)]
-    assert [p["user"] for p in lines] == rec.users  # every demo user has a test request, in dense-id order
+    lines = [p for p in predictions if p["task"] == "sequential"][:32]
+    assert [p["user"] for p in lines] == rec.users[:32]  # every demo user has a test request, in dense-id order
     default = 0
     for i, line in enumerate(lines[:12]):
         template = seeded_choice(templates, 0, "test", i).id  # the template the test loop drew for this request
@@ -142,7 +143,7 @@ def test_rate_and_explain_answer_as_the_predict_loop(rec, predictions):
     for family, key, call in (("rating", "rating", rec.rate), ("explanation", "explanation", rec.explain)):
         templates = rec.families[family].prompts.seen
         lines = [p for p in predictions if p["task"] == family]
-        lines = lines[: len(lines) // 2]  # the seen stream, then the unseen one (as many requests)
+        lines = lines[: len(lines) // 2]  # the seen stream, then the unseen one (as many rows)
         first = [line for i, line in enumerate(lines) if seeded_choice(templates, 0, "test", i) == templates[0]]
         assert first, family
         for line in first:
