@@ -14,8 +14,11 @@ import torch
 from recsys_lightning import FamilyNotTrainedError, Recommender, UnknownIdError
 from recsys_lightning.cli import main
 from recsys_lightning.builtin import builtin_dir
+from recsys_lightning.data.indexing import sequential_ids
+from recsys_lightning.data.schema import RecData
+from recsys_lightning.data.textualize import describe_item, describe_user
 from recsys_lightning.family import seeded_choice
-from recsys_lightning.recommender import copy_plugins
+from recsys_lightning.recommender import Catalog, copy_plugins
 from tests.conftest import ONE_EPOCH, write_reviews
 
 TASKS = json.dumps([{"name": "sequential"}, {"name": "rating"}, {"name": "explanation"}])
@@ -209,3 +212,23 @@ def test_a_cuda_recommender_answers_as_the_cpu_one(run_dir, rec):
         assert [i for i, _ in a] == [i for i, _ in b]
         assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-3)
     assert gpu.rate(rec.users[0], rec.items[1]) == rec.rate(rec.users[0], rec.items[1])
+
+
+def test_the_catalog_round_trips_histories_features_and_descriptions(tmp_path):
+    data = RecData.build(
+        "shop", ["u1", "u1", "u1", "u2", "u2", "u2", "u2"], ["a", "b", "c", "b", "c", "a", "d"], [1, 2, 3, 1, 2, 3, 4],
+        ratings=[5, 4, 3, 2, 5, 1, 4],
+        item_features={"title": {"a": "Strings", "b": "Tuner", "d": "Capo"}, "price": {"a": 5, "b": 12.5, "c": "n/a"},
+                       "categories": {"a": ["Guitar", "Strings"], "c": ["Picks"]}},
+        user_features={"age": {"u1": 31}},
+        templates={"item": "item {item}[ titled {title}][ in {categories}]", "user": "{user}[, aged {age}]"})
+    index = sequential_ids(data, 0)
+    Catalog.of(data, index).save(tmp_path)
+    loaded = Catalog.load(tmp_path, {"dataset": "shop", "templates": data.templates, "rating_scale": [1, 2, 3, 4, 5]})
+    assert loaded.users == ["u1", "u2"] and loaded.items == ["a", "b", "c", "d"]
+    assert loaded.histories == [[0, 1], [1, 2, 0]]  # all but each user's test item
+    assert loaded.item_features == data.item_features and loaded.user_features == data.user_features
+    served = loaded.data()
+    assert [served.sequence(u).tolist() for u in range(2)] == loaded.histories
+    assert [describe_item(served, index, i) for i in range(4)] == [describe_item(data, index, i) for i in range(4)]
+    assert [describe_user(served, u) for u in range(2)] == [describe_user(data, u) for u in range(2)]
