@@ -18,10 +18,14 @@ from recsys_lightning.data.indexing import sequential_ids
 from recsys_lightning.data.schema import RecData
 from recsys_lightning.data.textualize import describe_item, describe_user
 from recsys_lightning.family import seeded_choice
+from tasks.sequential import Sequential
 from recsys_lightning.recommender import Catalog, copy_plugins
 from tests.conftest import ONE_EPOCH, write_reviews
 
 TASKS = json.dumps([{"name": "sequential"}, {"name": "rating"}, {"name": "explanation"}])
+PRIOR = {"weight": 0.7, "context": 2, "decay": 0.5}  # a decoding option: the same checkpoint decodes with it
+PRIOR_TASKS = json.dumps([{"name": "sequential", "options": {"prior": PRIOR}}, {"name": "rating"},
+                          {"name": "explanation"}])
 TINY = ["--model.backbone.init_args.hidden_size", "32", "--model.backbone.init_args.num_layers", "1",
         "--model.backbone.init_args.num_attention_heads", "2", "--data.vocab_size", "300",
         "--data.batch_size", "16", "--data.eval_batch_size", "32", "--model.beam_size", "10",
@@ -47,6 +51,8 @@ def run_dir(tmp_path_factory) -> Path:
     ckpt = tmp / "ckpt" / "last.ckpt"
     run("test", tmp, root, "--ckpt_path", str(ckpt), "--trainer.limit_test_batches", "1")
     run("predict", tmp, root, "--ckpt_path", str(ckpt), "--trainer.limit_predict_batches", "1")
+    run("predict", tmp, root, "--ckpt_path", str(ckpt), "--trainer.limit_predict_batches", "1",
+        "--trainer.default_root_dir", str(tmp / "prior"), "--data.tasks", PRIOR_TASKS)
     main(["export", "--ckpt_path", str(ckpt), "--out", str(tmp / "export")])
     return tmp
 
@@ -97,6 +103,25 @@ def test_recommend_from_the_export_alone_equals_the_predict_loop(rec, prediction
             assert rec.recommend(user=line["user"], k=10) == got
             default += 1
     assert default >= 1
+
+
+def test_a_transition_prior_ranks_as_the_predict_loop_ranks_with_it(run_dir, rec):
+    path = next((run_dir / "prior" / "logs").rglob("predictions.jsonl"))
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines = [p for p in lines if p["task"] == "sequential"][:8]
+    options = next(t["options"] for t in rec.settings["tasks"] if t["name"] == "sequential")
+    family = Sequential(**{**options, "prior": PRIOR})
+    family.prompts = rec.families["sequential"].prompts
+    with_prior = Recommender(rec.network, rec.tokenizer, rec.catalog, {"sequential": family}, rec.settings)
+    templates = tuple(t for t in family.prompts.seen if family.evaluates(t))
+    changed = 0
+    for i, line in enumerate(lines):
+        template = seeded_choice(templates, 0, "test", i).id
+        got = with_prior.recommend(user=line["user"], k=10, template=template)
+        assert [item for item, _ in got] == [p["item"] for p in line["items"]]
+        assert [score for _, score in got] == pytest.approx([p["score"] for p in line["items"]], abs=2e-4)
+        changed += got != rec.recommend(user=line["user"], k=10, template=template)
+    assert changed  # the prior moved the ranking
 
 
 def test_exclude_seen_leaves_the_known_history_out(rec):
