@@ -35,7 +35,7 @@ from transformers import PreTrainedTokenizerBase
 
 from recsys_lightning.builtin import builtin_dir
 from recsys_lightning.data.indexing import ItemIndex, SemanticIds
-from recsys_lightning.data.schema import RecData
+from recsys_lightning.data.schema import DataError, RecData
 from recsys_lightning.data.splits import known_sequences
 from recsys_lightning.data.textualize import user_name
 from recsys_lightning.data.transitions import Transitions
@@ -454,7 +454,11 @@ def export_recommender(ckpt_path: Path, out: Path) -> list[Path]:
 def write_serving(ckpt_path: Path, restored: Restored, folder: Path) -> None:
     """The catalog, prompt files, recommender.json and README.md beside an exported model."""
     ckpt = read_checkpoint(ckpt_path)
-    datamodule = datamodule_of(ckpt, restored.tokenizer, f"--ckpt_path {ckpt_path}")
+    try:
+        datamodule = datamodule_of(ckpt, restored.tokenizer, f"--ckpt_path {ckpt_path}")
+    except (DataError, OSError) as err:
+        raise DataError(f"--ckpt_path {ckpt_path}: the export's catalog is read from the dataset the checkpoint was "
+                        f"trained on, which cannot be read here: {err}") from err
     assert datamodule.data is not None and datamodule.index is not None
     settings = serving_settings(ckpt, datamodule)
     backbone = yaml.safe_load((folder / "backbone.yaml").read_text())["model"]["backbone"]
