@@ -58,6 +58,7 @@ SETTINGS_FILE = "recommender.json"
 ITEMS_FILE = "catalog/items.parquet"
 USERS_FILE = "catalog/users.parquet"
 FORMAT_VERSION = 1
+SCORE_CHUNK = 512  # candidate items `score` decodes side by side in one row
 FEATURE = "feature."  # column prefix of a user or item feature in the catalog tables
 # The slots each question fills (a template that needs another slot cannot be asked without the dataset).
 NEXT_ITEM_SLOTS = frozenset({"user", "history", "item"})
@@ -398,7 +399,8 @@ class Recommender:
             return []
         batch = self._next_item_batch(family, queries, None)
         candidates = self._trie.item_tokens[torch.tensor(ids, device=self.device)][None]
-        return self.generator.score_items(batch, candidates)[0].tolist()
+        return [score for part in candidates.split(SCORE_CHUNK, dim=1)  # bounded memory for a long item list
+                for score in self.generator.score_items(batch, part)[0].tolist()]
 
     # --- ratings and explanations ----------------------------------------------------------------
     def _pair(self, family: TaskFamily, target: str, slots: frozenset[str], user: str, item: str, reserve: int

@@ -19,6 +19,7 @@ from recsys_lightning.data.schema import RecData
 from recsys_lightning.data.textualize import describe_item, describe_user
 from recsys_lightning.family import seeded_choice
 from tasks.sequential import Sequential
+from recsys_lightning import recommender
 from recsys_lightning.recommender import Catalog, copy_plugins
 from tests.conftest import ONE_EPOCH, write_reviews
 
@@ -158,11 +159,13 @@ def test_batched_equals_one_by_one(rec):
         [[i for i, _ in rec.recommend(history=h, k=4)] for h in histories]
 
 
-def test_score_agrees_with_recommend(rec):
+def test_score_agrees_with_recommend(rec, monkeypatch):
     user = rec.users[7]
     top = rec.recommend(user=user, k=10)
     scores = rec.score(user, [item for item, _ in top])
     assert scores == pytest.approx([s for _, s in top], abs=1e-4)
+    monkeypatch.setattr(recommender, "SCORE_CHUNK", 3)  # long item lists are scored in parts
+    assert rec.score(user, [item for item, _ in top]) == pytest.approx(scores, abs=1e-5)
     history = rec.items[rec.catalog.histories[7][0]]
     assert rec.score(user, [history, top[0][0]])[1] == pytest.approx(top[0][1], abs=1e-4)
 
