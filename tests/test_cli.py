@@ -315,3 +315,19 @@ def test_a_method_overlays_run_is_one_version_folder_holding_both_logs_and_its_c
     run_folder = tmp_path / "id_only" / "version_0"  # runs/<dataset>/<overlay>/version_N
     assert (run_folder / "metrics.csv").is_file() and list(run_folder.glob("events.out.tfevents.*"))
     assert (run_folder / "checkpoints" / "last.ckpt").is_file() and not (tmp_path / "checkpoints").exists()
+
+
+def test_a_config_that_sets_the_logger_keeps_its_choice_and_the_default_is_csv_plus_tensorboard(tmp_path, capsys):
+    def loggers(*extra: str):
+        with pytest.raises(SystemExit) as done:
+            main(["fit", "--config", "demo", *extra, "--print_config"])
+        assert done.value.code == 0
+        return yaml.safe_load(capsys.readouterr().out)["trainer"]["logger"]
+
+    assert [lg["class_path"] for lg in loggers()] == ["lightning.pytorch.loggers.CSVLogger",
+                                                       "lightning.pytorch.loggers.TensorBoardLogger"]
+    own = tmp_path / "own.yaml"
+    own.write_text(yaml.safe_dump({"trainer": {"logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                                          "init_args": {"save_dir": "elsewhere"}}}}))
+    chosen = loggers("--config", str(own))
+    assert chosen["class_path"].endswith(".CSVLogger") and chosen["init_args"]["save_dir"] == "elsewhere"
