@@ -3,6 +3,7 @@ that reloads them with the same class, and (for LoRA on pretrained weights) the 
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,11 +55,13 @@ def restore(ckpt_path: Path) -> Restored:
     config = backbone_config(hparams)
     backbone = instantiate_class((), config)
     tokenizer = backbone.tokenizer()
+    saved = ckpt.get("tokenizer")
     if tokenizer is None:
-        saved = ckpt.get("tokenizer")
         if not isinstance(saved, str) or not saved.startswith("{"):
             raise ValueError(f"{ckpt_path}: the checkpoint carries no tokenizer and the backbone has none")
         tokenizer = wrap_tokenizer(Tokenizer.from_str(saved))
+    else:
+        add_item_tokens(tokenizer, saved)
     lora = LoRA(**hparams["lora"]) if hparams.get("lora") else None
     network = backbone.build(tokenizer)
     if lora is not None:
@@ -66,6 +69,16 @@ def restore(ckpt_path: Path) -> Restored:
     state = {k.removeprefix("network."): v for k, v in ckpt["state_dict"].items() if k.startswith("network.")}
     network.load_state_dict(state, strict=True)
     return Restored(backbone, config, network.eval(), tokenizer, lora)
+
+
+def add_item_tokens(tokenizer: PreTrainedTokenizerBase, saved: Any) -> None:
+    """Give a backbone's own tokenizer the tokens the data module added in training (atomic or semantic item ids),
+    read from the checkpoint's serialized tokenizer and added in id order, so the trained rows line up."""
+    if not isinstance(saved, str) or not saved.startswith("{"):
+        return
+    added = sorted((t for t in json.loads(saved).get("added_tokens", []) if t["id"] >= len(tokenizer)),
+                   key=lambda t: t["id"])
+    tokenizer.add_tokens([t["content"] for t in added if not t.get("special")])
 
 
 def write_config(folder: Path, class_path: str, init_args: dict[str, Any]) -> None:

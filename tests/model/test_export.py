@@ -17,7 +17,7 @@ from lightning.pytorch.cli import instantiate_class
 from recsys_lightning import Recommender
 from recsys_lightning.cli import main
 from recsys_lightning.infilling.tokens import GLMTokens
-from recsys_lightning.model.export import export, restore
+from recsys_lightning.model.export import add_item_tokens, export, restore
 from recsys_lightning.model.glm import GLMConfig, GLMModel
 from recsys_lightning.infilling.layout import blank_infilling_mask
 from recsys_lightning.builtin import builtin_dir
@@ -141,3 +141,19 @@ def test_demo_fits_and_tests_with_the_tiny_llama_config(tmp_path, tiny_reviews):
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
     assert "network.block_position_embeddings.weight" in state
     assert any(k.startswith("network.model.model.layers.0.self_attn.q_proj") for k in state)
+
+
+def test_a_backbones_own_tokenizer_gets_back_the_item_tokens_training_added(tmp_path):
+    from recsys_lightning.model.hf_glm import HFCausalLM
+
+    write_pretrained(tmp_path / "llama-base")
+    trained = HFCausalLM(model=str(tmp_path / "llama-base")).tokenizer()
+    trained.add_tokens(["<item_2>", "<item_1>"])  # atomic item ids, as the data module adds them
+    saved = trained.backend_tokenizer.to_str()  # what a checkpoint keeps (`tokenizer_fingerprint`)
+    fresh = HFCausalLM(model=str(tmp_path / "llama-base")).tokenizer()
+    assert len(fresh) == len(trained) - 2
+    add_item_tokens(fresh, saved)
+    add_item_tokens(fresh, saved)  # tokens already there are not added twice
+    assert len(fresh) == len(trained)
+    items = ["<item_2>", "<item_1>"]
+    assert fresh.convert_tokens_to_ids(items) == trained.convert_tokens_to_ids(items)
