@@ -125,6 +125,7 @@ def finite(value: float) -> float | None:
 
 
 def ranked(items: list[tuple[str, float]]) -> dict[str, Any]:
+    """Recommended (item, score) pairs as /recommend answers them, the shape of predictions.jsonl's `items`."""
     return {"items": [{"item": item, "score": finite(score)} for item, score in items]}
 
 
@@ -138,6 +139,8 @@ class RecommendAPI(RecommenderAPI):
         return request
 
     def answer(self, requests: list[RecommendBody]) -> list[Any]:
+        """One recommend_batch per (k, exclude_seen, user or history) group of the batch; a group with a refused
+        request in it answers each of its requests alone, so only that one is refused."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
             groups[(r.k, r.exclude_seen, r.user is not None, r.history is not None)].append(i)
@@ -274,6 +277,7 @@ class ServerProcess:
 
 
 def free_port() -> int:
+    """A local TCP port no one listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
