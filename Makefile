@@ -12,11 +12,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Train on the bundled demo data (afresh), then test the best checkpoint and print the metrics table.
+# Train on the bundled demo data (afresh), test the best checkpoint and print the metrics table, then export it as a
+# self-contained folder that `Recommender.from_pretrained` and `recsys-lightning serve` read without the dataset.
 demo: install
 	rm -rf runs/demo  # a fresh demo run: fit keeps an earlier run's checkpoints and would stop
 	$(BIN)/recsys-lightning fit --config lightning_configs/demo.yaml
 	$(BIN)/recsys-lightning test --config lightning_configs/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
+	$(BIN)/recsys-lightning export --ckpt_path runs/demo/checkpoints/best.ckpt --out runs/demo/export
 
 test: install
 	$(BIN)/pytest -q
