@@ -268,7 +268,8 @@ class RecSysLLM(L.LightningModule):
         stream = self.streams[dataloader_idx]
         with self.decoding_precision():
             answers = stream.family.predict(self.generator, batch)
-        return [{"task": stream.family.name, **answer} for answer in answers]
+        # the stream (seen/unseen templates, target slot) tells apart the lines of a user asked in several streams
+        return [{"task": stream.family.name, "stream": stream.name, **answer} for answer in answers]
 
     # --- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

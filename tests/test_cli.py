@@ -58,7 +58,8 @@ def test_fit_then_test_writes_checkpoints_and_results(tmp_path, tiny_reviews, ca
     predicted = run("predict", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, "--ckpt_path",
                     str(tmp_path / "ckpt" / "last.ckpt"))
     lines = [json.loads(line) for line in (predicted / "predictions.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 * 40  # seen and unseen template streams
+    assert len(lines) == 2 * 40  # seen and unseen template streams, each line naming its own
+    assert [line["stream"] for line in lines] == ["seen-item"] * 40 + ["unseen-item"] * 40
     assert len(lines[0]["items"]) == 10 and lines[0]["task"] == "sequential"
     scores = [i["score"] for i in lines[0]["items"]]
     assert scores == sorted(scores, reverse=True)

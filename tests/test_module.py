@@ -95,11 +95,11 @@ def test_decode_float32_turns_autocast_off_for_evaluation_and_prediction(tokens,
     module = RecSysLLM(decode_float32=decode_float32)
     module.tokens = tokens
     probe = AutocastProbe()
-    module.streams = [SimpleNamespace(family=probe)]
+    module.streams = [SimpleNamespace(family=probe, name="seen-item")]
     module.metric_sets["val_0"] = MetricCollection({})
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what a bf16-mixed trainer wraps its steps in
         module.validation_step({}, 0)
-        assert module.predict_step({}, 0) == [{"task": "probe", "user": 0}]
+        assert module.predict_step({}, 0) == [{"task": "probe", "stream": "seen-item", "user": 0}]
     assert probe.autocast == [not decode_float32] * 2
 
 
