@@ -112,6 +112,8 @@ class RecSysCLI(LightningCLI):
         if ckpt is None:
             return
         meta = read_checkpoint(ckpt)  # a sharded (FSDP2) checkpoint keeps everything but tensors in meta.pt
+        if isinstance(meta.get("hyper_parameters"), dict):
+            check_lora(meta["hyper_parameters"].get("lora"), self.model.lora, f"--ckpt_path {ckpt}")
         backbone_tokenizer = self.model.backbone.tokenizer()
         saved = meta.get("tokenizer")
         if backbone_tokenizer is None and isinstance(saved, str) and saved.startswith("{"):
@@ -172,6 +174,17 @@ def share_run_folder(loggers: Sequence[Logger]) -> None:
 
 
 LIGHTNING_CHECKPOINTS = ("last", "best", "hpc")  # names Lightning resolves itself
+
+
+def check_lora(saved: Any, configured: Any, where: str) -> None:
+    """A checkpoint trained with LoRA needs the network built with LoRA, and one without it without: a config that
+    says otherwise (the configured value wins over the checkpoint's) is refused before the weights fail to load."""
+    if bool(saved) == (configured is not None):
+        return
+    wanted = f"--model.lora '{dict(saved)}'" if saved else "--model.lora null"
+    raise CheckpointError(f"{where} was trained {'with' if saved else 'without'} LoRA but the configured model.lora "
+                          f"is {'null' if configured is None else 'set'}; pass {wanted} (or the configs it was "
+                          f"trained with)")
 
 
 def given_checkpoint(value: Any) -> Path | None:

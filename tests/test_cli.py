@@ -125,12 +125,17 @@ def test_the_five_families_train_in_one_run_and_report_every_metric_seen_and_uns
     assert 0.0 <= metrics["rating"]["mae"] <= 4.0
 
 
-def test_lora_run_trains_only_adapters(tmp_path, tiny_reviews):
+def test_lora_run_trains_only_adapters_and_its_checkpoint_needs_lora(tmp_path, tiny_reviews, capsys):
     run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, "--model.lora", "{r: 4, alpha: 8}",
         "--trainer.limit_val_batches", "1")
     import torch
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
     assert any("lora_A" in k for k in state)
+    # testing it under a config that sets model.lora: null is refused in one line, before any weight is loaded
+    with refused(capsys, r"last.ckpt was trained with LoRA but the configured model.lora is null; pass "
+                         r"--model.lora '\{'r': 4, 'alpha': 8"):
+        run("test", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, "--model.lora", "null", "--ckpt_path",
+            str(tmp_path / "ckpt" / "last.ckpt"))
 
 
 PLUGIN = textwrap.dedent('''
