@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from abc import abstractmethod
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -112,8 +113,9 @@ class RecommenderAPI(ls.LitAPI):
         """One JSON-ready answer (or refusal) per request, in order."""
         return [attempt(lambda r=r: self.answer_one(r)) for r in requests]
 
+    @abstractmethod
     def answer_one(self, request: Any) -> dict[str, Any]:
-        raise NotImplementedError
+        """The endpoint's JSON answer to one validated request."""
 
     def encode_response(self, output: Any) -> Response:
         return refusal(output) if isinstance(output, Exception) else JSONResponse(output)
