@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 import yaml
 from lightning.pytorch.cli import instantiate_class
 from tokenizers import Tokenizer
