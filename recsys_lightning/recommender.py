@@ -411,7 +411,8 @@ class Recommender:
     @cached_property
     def _ratings(self) -> RatingDecoder:
         family = self._family("rating", "rate")
-        return RatingDecoder(self.context, getattr(family, "constrained", True), scale=self.catalog.rating_scale)
+        return RatingDecoder(self.context, getattr(family, "constrained", True), scale=self.catalog.rating_scale,
+                             decoding=getattr(family, "decoding", None))
 
     @torch.inference_mode()
     def rate(self, user: str, item: str) -> float:

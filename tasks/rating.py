@@ -11,7 +11,7 @@ from recsys_lightning.data.textualize import user_name
 from recsys_lightning.family import FamilyContext, Request, TaskFamily
 from recsys_lightning.generation.generator import Generator
 from recsys_lightning.metrics import rating_metrics, update_rating
-from recsys_lightning.ratings import RatingDecoder, rating_text
+from recsys_lightning.ratings import RatingDecoder, RatingDecoding, rating_text
 from recsys_lightning.registry import register_task
 from recsys_lightning.requests import interaction_meta, review_rows
 
@@ -24,18 +24,22 @@ class Rating(TaskFamily):
     entity_slots = frozenset({"user", "item"})
     meta_columns = ("user_id", "item_id", "rating_value")
 
-    def __init__(self, weight: float = 1.0, constrained: bool = True) -> None:
+    def __init__(self, weight: float = 1.0, constrained: bool = True, decoding: RatingDecoding | None = None
+                 ) -> None:
         """
         Args:
             weight: sampling weight in the training mix.
             constrained: decode over the valid rating strings; False generates freely and parses the number.
+            decoding: the estimate a constrained decode reports (`RatingDecoding`; in a config
+                `{estimate: mean}`); None: the most likely rating.
         """
         super().__init__(weight)
         self.constrained = constrained
+        self.decoding = RatingDecoding.of(decoding) or RatingDecoding()
 
     def setup(self, context: FamilyContext) -> None:
         super().setup(context)
-        self.decoder = RatingDecoder(context, self.constrained)
+        self.decoder = RatingDecoder(context, self.constrained, decoding=self.decoding)
 
     def requests(self, data: RecData, split: str) -> Iterator[Request]:
         index = self.ctx.index

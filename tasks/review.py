@@ -16,7 +16,7 @@ from recsys_lightning.data.textualize import user_name
 from recsys_lightning.family import FamilyContext, Request, TaskFamily
 from recsys_lightning.generation.generator import Generator
 from recsys_lightning.metrics import rating_metrics, text_metrics, update_rating, update_text
-from recsys_lightning.ratings import RatingDecoder, rating_text
+from recsys_lightning.ratings import RatingDecoder, RatingDecoding, rating_text
 from recsys_lightning.registry import register_task
 from recsys_lightning.requests import interaction_meta, review_rows
 from recsys_lightning.texts import TextDecodingOption, generate_text
@@ -31,7 +31,8 @@ class Review(TaskFamily):
     meta_columns = ("user_id", "item_id", "reference", "rating_value")
 
     def __init__(self, weight: float = 1.0, max_review_words: int = 48, max_new_tokens: int = 16,
-                 constrained: bool = True, decoding: TextDecodingOption | None = None) -> None:
+                 constrained: bool = True, decoding: TextDecodingOption | None = None,
+                 rating_decoding: RatingDecoding | None = None) -> None:
         """
         Args:
             weight: sampling weight in the training mix.
@@ -40,12 +41,15 @@ class Review(TaskFamily):
             constrained: decode ratings over the valid strings; False generates freely and parses the number.
             decoding: how summaries are decoded (`TextDecodingOption`; a mapping of its fields in a config, e.g.
                 `{method: beam, num_beams: 4}`); None: greedy.
+            rating_decoding: the estimate the rating templates report (`RatingDecoding`, e.g. `{estimate: mean}`);
+                None: the most likely rating.
         """
         super().__init__(weight)
         self.max_review_words = max_review_words
         self.max_new_tokens = max_new_tokens
         self.constrained = constrained
         self.decoding = TextDecodingOption.of(decoding) or TextDecodingOption()
+        self.rating_decoding = RatingDecoding.of(rating_decoding) or RatingDecoding()
 
     def summarize(self, generator: Generator, batch: dict[str, Any]) -> list[str]:
         """The batch's summaries under the family's decoding."""
@@ -53,7 +57,7 @@ class Review(TaskFamily):
 
     def setup(self, context: FamilyContext) -> None:
         super().setup(context)
-        self.ratings = RatingDecoder(context, self.constrained)
+        self.ratings = RatingDecoder(context, self.constrained, decoding=self.rating_decoding)
 
     def requests(self, data: RecData, split: str) -> Iterator[Request]:
         for row in review_rows(data, split, self.ctx.seed):
