@@ -44,6 +44,7 @@ CHAINS = [
     ["id_only_causal", "refit"],
     ["id_only_causal", "crops_prior", "refit"],
     ["id_only_causal", "prior", "refit"],
+    ["families"],
 ]
 HARDWARE = [["cpu"], ["gpu"], ["cpu", "cpu_bf16"]]
 COMMAND = re.compile(r"recsys-lightning (fit|validate|test|predict) ")
