@@ -67,6 +67,13 @@ def shard_network(network: nn.Module, mesh: DeviceMesh | None, precision: str = 
     return fully_shard(network, mesh=data_parallel, mp_policy=policy)
 
 
+def mesh_device(mesh: DeviceMesh) -> torch.device:
+    """The device this rank's shards live on: the mesh's device type, this process's current GPU for CUDA."""
+    if mesh.device_type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(mesh.device_type)
+
+
 def gather_for_decoding(network: nn.Module | None) -> None:
     """Gather FSDP2's full weights once, before an evaluation epoch, and keep them through every forward.
 

@@ -3,6 +3,7 @@ delegated to the task family each dataloader belongs to."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
@@ -18,7 +19,8 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 from recsys_lightning.infilling.tokens import GLMTokens
 from recsys_lightning.errors import CheckpointError
 from recsys_lightning.data.semantic import content_texts
-from recsys_lightning.distributed import gather_for_decoding, merge_list_states, release_after_decoding, shard_network
+from recsys_lightning.distributed import (gather_for_decoding, merge_list_states, mesh_device, release_after_decoding,
+                                          shard_network)
 from recsys_lightning.generation.generator import Generator
 from recsys_lightning.model.backbones import Backbone, NativeGLM
 from recsys_lightning.infilling.layout import IGNORE
@@ -157,16 +159,20 @@ class RecSysLLM(L.LightningModule):
         """Build the network once the tokenizer is known (also the hook FSDP-style strategies shard in)."""
         if self.network is not None:
             return
-        network = self.backbone.build(self.tokenizer)
-        if getattr(self.backbone, "wants_item_texts", False) and self._fresh_fit():
-            self.backbone.init_item_tokens(network, self.tokenizer, item_texts(self.trainer.datamodule))
-        if self.lora is not None:
-            network = self.backbone.add_lora(network, self.lora, self.tokenizer)
         precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
         if self.hparams.decode_float32 and self.device_mesh is not None and precision.startswith("bf16"):
             raise ValueError("model.decode_float32: true needs float32 weights to decode with; FSDP2 under bf16 "
                              "gathers bf16 ones (drop the option, or train without bf16)")
-        self.network = shard_network(network, self.device_mesh, precision)
+        if self.device_mesh is not None and self.backbone.loads_sharded:  # FSDP2: each rank reads its shards alone
+            shard = functools.partial(shard_network, mesh=self.device_mesh, precision=precision)
+            self.network = self.backbone.build_sharded(self.tokenizer, self.lora, shard, mesh_device(self.device_mesh))
+        else:
+            network = self.backbone.build(self.tokenizer)
+            if getattr(self.backbone, "wants_item_texts", False) and self._fresh_fit():
+                self.backbone.init_item_tokens(network, self.tokenizer, item_texts(self.trainer.datamodule))
+            if self.lora is not None:
+                network = self.backbone.add_lora(network, self.lora, self.tokenizer)
+            self.network = shard_network(network, self.device_mesh, precision)
         if self.hparams.compile:
             self.compile()  # `self(batch)`, which only training_step calls
 

@@ -7,6 +7,7 @@ True = attend, past_key_values as [(k, v)] per layer, use_cache, logits_position
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,10 +17,11 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from recsys_lightning.infilling.tokenizer import load_backbone_tokenizer
-from recsys_lightning.model.checkpoints import check_source, load_glm, read_json, resolve_folder, save_glm
+from recsys_lightning.model.checkpoints import check_source, glm_config, load_glm, read_json, resolve_folder, save_glm
 from recsys_lightning.model.glm import AttentionMask, GLMConfig, GLMModel
 from recsys_lightning.infilling.layout import blank_infilling_block_mask, blank_infilling_mask
 from recsys_lightning.model.lora import LoRA, LoRADefaults, apply_lora, merge_adapter
+from recsys_lightning.model.sharded import load_sharded
 
 DType = Literal["float32", "bfloat16", "float16"]
 GLM_LORA_TARGETS = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
@@ -52,6 +54,16 @@ class Backbone(ABC):
     def pretrained(self) -> bool:
         """True when the base weights come from a checkpoint (so an adapter alone can rebuild the network)."""
         return False
+
+    @property
+    def loads_sharded(self) -> bool:
+        """True when `build_sharded` loads each rank's shards alone, so no FSDP2 rank ever holds the full model."""
+        return False
+
+    def build_sharded(self, tokenizer: PreTrainedTokenizerBase, lora: LoRA | None,
+                      shard: Callable[[nn.Module], nn.Module], device: torch.device) -> nn.Module:
+        """The network with its LoRA adapters, sharded by `shard`, each rank's shards loaded onto `device`."""
+        raise NotImplementedError(f"{type(self).__name__} builds the full network, then shards it")
 
     def max_positions(self) -> int | None:
         """How many positions the network's position tables hold (the longest row it can take), None if unknown
@@ -139,6 +151,24 @@ class NativeGLM(Backbone):
         config = Path(self.checkpoint).expanduser() / "config.json"  # a local THUDM folder (see glm_config)
         value = read_json(config).get("max_sequence_length") if config.is_file() else None
         return value + 1 if isinstance(value, int) else None
+
+    @property
+    def loads_sharded(self) -> bool:
+        return self.checkpoint is not None and self.adapter is None  # an adapter merges into full weights
+
+    def build_sharded(self, tokenizer: PreTrainedTokenizerBase, lora: LoRA | None,
+                      shard: Callable[[nn.Module], nn.Module], device: torch.device) -> nn.Module:
+        """`build`'s network from the checkpoint (same weights, new token rows and adapters: the same random draws,
+        in the same order), built on the meta device, sharded, and each rank's shards read from the checkpoint."""
+        folder = resolve_folder(self.checkpoint)
+        with torch.device("meta"):
+            model = GLMModel(glm_config(folder, **self.dropout)).to(torch_dtype(self.dtype))
+        rows = model.new_token_rows(max(0, len(tokenizer) - model.config.vocab_size))
+        self._added_rows = model.resize_token_embeddings(len(tokenizer), rows)
+        model.gradient_checkpointing = self.gradient_checkpointing
+        new_rows = {"word_embeddings.weight": rows} if self._added_rows else {}
+        return load_sharded(model, folder, new_rows, lambda m: self.add_lora(m, lora, tokenizer) if lora else m,
+                            shard, device)
 
     def tokenizer(self) -> PreTrainedTokenizerBase | None:
         if self.checkpoint is not None and self._tokenizer is None:

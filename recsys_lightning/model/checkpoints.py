@@ -8,11 +8,14 @@ Parameter names are those of THUDM's Hugging Face ports (`glm.word_embeddings.we
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, PretrainedConfig
 
@@ -32,6 +35,7 @@ class ExportedGLMConfig(PretrainedConfig):
 AutoConfig.register(MODEL_TYPE, ExportedGLMConfig, exist_ok=True)
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+Index = tuple[slice, ...]  # a block of a tensor: one slice per dimension
 
 
 def check_source(name_or_path: str, key: str) -> None:
@@ -112,6 +116,96 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
+class WeightFile(Protocol):
+    """One opened weight file whose tensors are read block by block."""
+
+    def keys(self) -> list[str]: ...
+
+    def shape(self, key: str) -> tuple[int, ...]: ...
+
+    def read(self, key: str, index: Index) -> torch.Tensor: ...
+
+
+class SafetensorsFile:
+    """A .safetensors file through `safe_open`: shapes from its header, a block read as just that block's bytes."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def keys(self) -> list[str]:
+        return list(self.handle.keys())
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.handle.get_slice(key).get_shape())
+
+    def read(self, key: str, index: Index) -> torch.Tensor:
+        return self.handle.get_slice(key)[index]
+
+
+class PickleFile:
+    """A torch pickle memory-mapped (`torch.load(weights_only=True, mmap=True)`): a block's pages alone are read."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.tensors[key].shape)
+
+    def read(self, key: str, index: Index) -> torch.Tensor:
+        return self.tensors[key][index]
+
+
+@contextmanager
+def open_weights(path: Path) -> Iterator[WeightFile]:
+    """One weight file opened for block reads, closed (unmapped) on exit."""
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            yield SafetensorsFile(handle)
+        return
+    tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(tensors, dict):
+        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(tensors).__name__}")
+    yield PickleFile(tensors)
+
+
+def load_blocks(folder: Path, expected: Mapping[str, torch.Size], blocks: Mapping[str, list[tuple[Index, torch.Tensor]]]
+                ) -> None:
+    """Copy into each destination of `blocks` (parameter name -> [(block of the checkpoint tensor, destination)])
+    that block of the checkpoint's tensor, one file after another, reading nothing else: how an FSDP2 rank loads its
+    shards. Names and shapes are checked against `expected` as `load_glm` checks them, each file's before its blocks
+    are read."""
+    seen: set[str] = set()
+    for path in weight_files(folder):
+        with open_weights(path) as file:
+            for key in file.keys():
+                name = key.removeprefix(PREFIX)
+                check_tensor(path, name, file.shape(key), expected)
+                seen.add(name)
+            for key in file.keys():
+                for index, out in blocks.get(key.removeprefix(PREFIX), []):
+                    if out.numel():
+                        out.copy_(file.read(key, index))
+    check_complete(folder, expected, seen)
+
+
+def check_tensor(path: Path, name: str, shape: tuple[int, ...], expected: Mapping[str, torch.Size]) -> None:
+    """A checkpoint tensor must be one of the model's parameters, of the shape config.json implies."""
+    if name not in expected:
+        raise ValueError(f"{path}: unexpected parameter {name!r}; is this a THUDM GLM checkpoint?")
+    if tuple(shape) != tuple(expected[name]):
+        raise ValueError(f"{path}: {name!r} has shape {tuple(shape)}, config.json implies {tuple(expected[name])}")
+
+
+def check_complete(folder: Path, expected: Mapping[str, torch.Size], found: set[str]) -> None:
+    """Every parameter of the model must be in the checkpoint."""
+    missing = sorted(set(expected) - found)
+    if missing:
+        raise ValueError(f"{folder}: the checkpoint lacks parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+
+
 def load_glm(folder: Path, dtype: torch.dtype = torch.float32, **overrides: Any) -> GLMModel:
     """A native GLM with a THUDM checkpoint's weights in `dtype`; every parameter must be present, shapes exact.
 
@@ -125,15 +219,9 @@ def load_glm(folder: Path, dtype: torch.dtype = torch.float32, **overrides: Any)
     for path in weight_files(folder):
         for name, tensor in read_weights(path).items():
             name = name.removeprefix(PREFIX)
-            if name not in expected:
-                raise ValueError(f"{path}: unexpected parameter {name!r}; is this a THUDM GLM checkpoint?")
-            if tensor.shape != expected[name]:
-                raise ValueError(f"{path}: {name!r} has shape {tuple(tensor.shape)}, config.json implies "
-                                 f"{tuple(expected[name])}")
+            check_tensor(path, name, tuple(tensor.shape), expected)
             state[name] = tensor.to(dtype)
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise ValueError(f"{folder}: the checkpoint lacks parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    check_complete(folder, expected, set(state))
     model.load_state_dict(state, assign=True)
     return model
 

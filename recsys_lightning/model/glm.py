@@ -170,16 +170,25 @@ class GLMModel(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.word_embeddings
 
-    def resize_token_embeddings(self, vocab_size: int) -> list[int]:
-        """Grow the (tied) word embeddings to `vocab_size` rows, new rows N(0, std); return the new rows' ids."""
+    def new_token_rows(self, count: int) -> torch.Tensor:
+        """`count` new word-embedding rows, N(0, init_std), drawn on the CPU in the embeddings' dtype: the same rows
+        (and random stream) whether the model is real or on the meta device (a sharded load draws them too)."""
+        weight = self.word_embeddings.weight
+        return torch.empty(count, weight.shape[1], dtype=weight.dtype).normal_(std=self.config.init_std)
+
+    def resize_token_embeddings(self, vocab_size: int, rows: torch.Tensor | None = None) -> list[int]:
+        """Grow the (tied) word embeddings to `vocab_size` rows, the new ones `rows` (default `new_token_rows`);
+        return the new rows' ids. On the meta device only the shape grows."""
         old = self.word_embeddings
         if vocab_size <= old.num_embeddings:
             return []
-        new = nn.Embedding(vocab_size, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
-        with torch.no_grad():
-            nn.init.normal_(new.weight, std=self.config.init_std)
-            new.weight[: old.num_embeddings] = old.weight
-        self.word_embeddings = new
+        rows = self.new_token_rows(vocab_size - old.num_embeddings) if rows is None else rows
+        weight = torch.empty(vocab_size, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        if not weight.is_meta:
+            with torch.no_grad():
+                weight[: old.num_embeddings] = old.weight
+                weight[old.num_embeddings:] = rows
+        self.word_embeddings = nn.Embedding(vocab_size, old.embedding_dim, _weight=weight)
         added = list(range(self.config.vocab_size, vocab_size))
         self.config.vocab_size = vocab_size
         return added
