@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean bench bench-generate bench-train bench-serve
+.PHONY: install demo test clean bench bench-generate bench-train bench-serve bench-scale
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ bench-generate: install
 # line: tokens/s, padding fraction, MFU, ratio). One GPU at GLM-Large size: benchmarks/gpu_train.sh
 bench-train: install
 	$(BIN)/python benchmarks/bench_train.py $(BENCH_TRAIN_ARGS)
+
+# LoRA training at scale, here the cpu-small preset (native GLM and Llama in GLM mode at 2 x 64, meta-built, bf16): per
+# model and config (checkpointing on/off x row length) one JSON line: tokens/s, MFU of LoRA's FLOPs, peak memory, ratio
+# to a causal reference with the same LoRA. GLM-10B and Llama-7B shapes on one GPU: benchmarks/gpu_scale.sh
+bench-scale: install
+	$(BIN)/python benchmarks/bench_scale.py $(BENCH_SCALE_ARGS)
 
 # Serving: `recsys-lightning serve` (LitServe) answering POST /recommend from 1, 8 and 32 concurrent clients: requests/s
 # and p50/p99 latency (JSON last line). It fits a demo-size model first unless BENCH_SERVE_ARGS="--model DIR".

@@ -146,11 +146,13 @@ class CausalLM(nn.Module):
         self.embed, self.pos = nn.Embedding(shape.vocab, shape.hidden), nn.Embedding(shape.seq, shape.hidden)
         self.blocks = nn.ModuleList(CausalBlock(shape.hidden, shape.heads) for _ in range(shape.layers))
         self.norm = nn.LayerNorm(shape.hidden)
+        self.gradient_checkpointing = False  # as GLMModel's: recompute each block in the backward pass
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.embed(ids) + self.pos.weight[: ids.shape[1]]
         for block in self.blocks:
-            x = block(x)
+            recompute = self.gradient_checkpointing and self.training
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         return F.linear(self.norm(x), self.embed.weight)
 
 
@@ -160,29 +162,31 @@ def sync(device: torch.device) -> None:
 
 
 class StepClock(L.Callback):
-    """Wall-clock time at the end of the first and the last training step, synchronized there only: in between
-    the host runs ahead of the device, as in the reference's timed loop."""
+    """Wall-clock time at the end of the `untimed`-th and the last training step, synchronized there only: in
+    between the host runs ahead of the device, as in the reference's timed loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, untimed: int = 1) -> None:
+        self.untimed = untimed
         self.times: list[float] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if batch_idx == 0 or trainer.global_step >= trainer.max_steps:
+        if batch_idx == self.untimed - 1 or trainer.global_step >= trainer.max_steps:
             sync(trainer.strategy.root_device)
             self.times.append(time.perf_counter())
 
 
-def run_ours(module: PackedGLMStep, batches: list[dict[str, torch.Tensor]], precision: str) -> tuple[float, float]:
-    """Real (non-padding) tokens per second and model FLOPs per second over batches[1:], through a Lightning fit
-    of len(batches) steps."""
-    clock = StepClock()
+def run_ours(module: PackedGLMStep, batches: list[dict[str, torch.Tensor]], precision: str, untimed: int = 1
+             ) -> tuple[float, float]:
+    """Real (non-padding) tokens per second and model FLOPs per second over batches[untimed:], through a
+    Lightning fit of len(batches) steps."""
+    clock = StepClock(untimed)
     trainer = L.Trainer(accelerator="auto", devices=1, precision=precision, max_steps=len(batches), logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock])
     trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda b: b))
-    tokens = sum(int((b["segment_ids"] >= 0).sum()) for b in batches[1:])
-    predicted = sum(int((b["labels"] != IGNORE).sum()) for b in batches[1:])
+    tokens = sum(int((b["segment_ids"] >= 0).sum()) for b in batches[untimed:])
+    predicted = sum(int((b["labels"] != IGNORE).sum()) for b in batches[untimed:])
     seconds = clock.times[-1] - clock.times[0]
     return tokens / seconds, module.shape.flops(tokens, predicted) / seconds
 
@@ -192,8 +196,15 @@ def reference_step(shape: Shape, device: torch.device, compile: bool, precision:
     """One fwd + bwd + AdamW (fused on CUDA) step of the compiled causal reference, in bf16 autocast when our step
     is (`precision` bf16-mixed)."""
     model = CausalLM(shape).to(device)
-    forward = torch.compile(model) if compile else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    return next_token_step(model, torch.compile(model) if compile else model, device, precision)
+
+
+def next_token_step(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                    precision: str) -> Callable[[torch.Tensor], None]:
+    """One step of next-token cross-entropy on every position of `forward`'s logits, backward and AdamW (fused on
+    CUDA) over `model`'s trainable parameters, in bf16 autocast when `precision` is bf16-mixed."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                                  fused=device.type == "cuda")
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16-mixed")
 
     def step(ids: torch.Tensor) -> None:
@@ -214,6 +225,18 @@ def run_reference(step: Callable[[torch.Tensor], None], ids: torch.Tensor, steps
         step(ids)
     sync(ids.device)
     return ids[:, :-1].numel() * steps / (time.perf_counter() - start)
+
+
+def device_peak(device: torch.device, given: float | None = None) -> tuple[float, str]:
+    """The device's peak TFLOP/s for MFU and how it was found: `given`, the H100's (and H200's) bf16 dense, or an
+    assumed AVX-512 fp32 peak of this process's CPU cores."""
+    if given is not None:
+        return given, "given"
+    if device.type == "cuda":
+        return H100_BF16_TFLOPS, "H100/H200 bf16 dense"
+    cores = len(os.sched_getaffinity(0))
+    return (cores * CPU_GHZ * CPU_FP32_FLOPS_PER_CYCLE / 1e3,
+            f"assumed: {cores} cores x {CPU_GHZ} GHz x {CPU_FP32_FLOPS_PER_CYCLE} fp32 FLOP/cycle (AVX-512)")
 
 
 def main() -> None:
@@ -247,13 +270,7 @@ def main() -> None:
     if flex and device.type != "cuda":
         parser.error("--attention flex trains on CUDA only (FlexAttention has no CPU backward)")
     cores = len(os.sched_getaffinity(0))
-    if args.peak_tflops is not None:
-        peak, peak_note = args.peak_tflops, "given"
-    elif device.type == "cuda":
-        peak, peak_note = H100_BF16_TFLOPS, "H100 bf16 dense"
-    else:
-        peak = cores * CPU_GHZ * CPU_FP32_FLOPS_PER_CYCLE / 1e3
-        peak_note = f"assumed: {cores} cores x {CPU_GHZ} GHz x {CPU_FP32_FLOPS_PER_CYCLE} fp32 FLOP/cycle (AVX-512)"
+    peak, peak_note = device_peak(device, args.peak_tflops)
     shape = Shape(args.layers, args.hidden, args.heads, args.vocab, args.seq)
     torch.manual_seed(args.seed)
 
