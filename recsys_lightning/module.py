@@ -88,6 +88,7 @@ class RecSysLLM(L.LightningModule):
         score_end: bool = True,
         compile: bool = False,
         decode_float32: bool = False,
+        rescore_float32: bool = False,
         label_smoothing: float = 0.0,
     ) -> None:
         """
@@ -106,6 +107,9 @@ class RecSysLLM(L.LightningModule):
                 fused GPU kernels; evaluation and prediction decode with the eager network.
             decode_float32: decode (validation, test, predict) with autocast off, in the float32 weights, under a
                 `bf16-mixed` trainer: bf16 logits reorder near-tied items, so metrics move by a few hits.
+            rescore_float32: decode in bf16 under a `bf16-mixed` trainer, then rank each request's final beam
+                (`beam_size` items) by float32 log-likelihoods (`Generator`): float32's order for the cost of
+                scoring `beam_size` items per request; items the bf16 search pruned before its last step stay out.
             label_smoothing: mass of each Part B target spread over the whole vocabulary in the training loss
                 (`F.cross_entropy`), a regularizer of the output layer that dropout does not reach.
         """
@@ -160,9 +164,10 @@ class RecSysLLM(L.LightningModule):
         if self.network is not None:
             return
         precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
-        if self.hparams.decode_float32 and self.device_mesh is not None and precision.startswith("bf16"):
-            raise ValueError("model.decode_float32: true needs float32 weights to decode with; FSDP2 under bf16 "
-                             "gathers bf16 ones (drop the option, or train without bf16)")
+        for option in ("decode_float32", "rescore_float32"):
+            if self.hparams.get(option) and self.device_mesh is not None and precision.startswith("bf16"):
+                raise ValueError(f"model.{option}: true needs float32 weights to decode with; FSDP2 under bf16 "
+                                 f"gathers bf16 ones (drop the option, or train without bf16)")
         if self.device_mesh is not None and self.backbone.loads_sharded:  # FSDP2: each rank reads its shards alone
             shard = functools.partial(shard_network, mesh=self.device_mesh, precision=precision)
             self.network = self.backbone.build_sharded(self.tokenizer, self.lora, shard, mesh_device(self.device_mesh))
@@ -226,7 +231,8 @@ class RecSysLLM(L.LightningModule):
     # --- evaluation ----------------------------------------------------------------------------
     @property
     def generator(self) -> Generator:
-        return Generator(self.network, self.tokens, self.hparams.beam_size, score_end=self.hparams.score_end)
+        return Generator(self.network, self.tokens, self.hparams.beam_size, score_end=self.hparams.score_end,
+                         rescore_float32=self.hparams.get("rescore_float32", False))
 
     def decoding_precision(self) -> AbstractContextManager:
         """The context decoding runs in: autocast off under `decode_float32`, else the trainer's precision."""

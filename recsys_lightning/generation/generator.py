@@ -10,7 +10,7 @@ from recsys_lightning.data.schema import seeded_hash
 from recsys_lightning.infilling.tokens import GLMTokens
 from recsys_lightning.generation.beam import trie_beam_search
 from recsys_lightning.generation.blank import Model
-from recsys_lightning.generation.scoring import score_candidates
+from recsys_lightning.generation.scoring import rescore_items, score_candidates
 from recsys_lightning.generation.text import TextDecoding, beam_infill, greedy_infill, sample_infill
 from recsys_lightning.generation.trie import ItemTrie
 
@@ -20,21 +20,30 @@ class Generator:
     opens its blank with given tokens) with the model."""
 
     def __init__(self, model: Model, tokens: GLMTokens, beam_size: int, score_chunk: int = 16,
-                 score_end: bool = True) -> None:
+                 score_end: bool = True, rescore_float32: bool = False) -> None:
+        """`rescore_float32`: keep the search's whole final pool (`beam_size` items) and rank it by float32
+        log-likelihoods (`rescore_items`), so a search under bf16 autocast returns float32's top-k."""
         self.model = model
         self.tokens = tokens
         self.beam_size = beam_size
         self.score_chunk = score_chunk
         self.score_end = score_end
+        self.rescore_float32 = rescore_float32
 
     def rank_items(self, batch: dict[str, Any], trie: ItemTrie, top_k: int,
                    exclude: torch.Tensor | None = None, item_bias: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The top-k items of the Trie for each prompt, best first, with their log-likelihoods (plus `item_bias`,
         (B, num_items), where given)."""
-        return trie_beam_search(self.model, batch["input_ids"], batch["lengths"], batch["mask_index"], trie,
-                                self.tokens.sop, max(self.beam_size, top_k), top_k, exclude, batch.get("part_b_ids"),
-                                self.score_end, item_bias)
+        beam = max(self.beam_size, top_k)
+        args = (batch["input_ids"], batch["lengths"], batch["mask_index"])
+        items, scores = trie_beam_search(self.model, *args, trie, self.tokens.sop, beam,
+                                         beam if self.rescore_float32 else top_k, exclude, batch.get("part_b_ids"),
+                                         self.score_end, item_bias)
+        if not self.rescore_float32:
+            return items, scores
+        return rescore_items(self.model, *args, items, trie.item_tokens, self.tokens.sop, self.tokens.eop, top_k,
+                             self.score_chunk, batch.get("part_b_ids"), self.score_end, item_bias)
 
     def score_candidates(self, batch: dict[str, Any], candidates: torch.Tensor, score_end: bool = True
                          ) -> torch.Tensor:

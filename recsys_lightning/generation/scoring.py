@@ -79,3 +79,36 @@ def score_candidates(
         logp = log_probs_of(logits, tgt.clamp(min=0)[..., None])[..., 0].masked_fill(tgt < 0, 0.0)
         scores.append(logp.view(b, c, span).sum(-1))
     return first + torch.cat(scores, 1)
+
+
+def rescore_items(
+    model: Model,
+    input_ids: torch.Tensor,
+    lengths: torch.Tensor,
+    mask_index: torch.Tensor,
+    items: torch.Tensor,
+    item_tokens: torch.Tensor,
+    sop: int,
+    eop: int,
+    top_k: int,
+    chunk: int = 16,
+    part_b_ids: torch.Tensor | None = None,
+    score_end: bool = True,
+    item_bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best `top_k` of `items` (B, P), -1 padded (the pool of a bf16 beam search), re-ranked by exact
+    log-likelihoods computed with autocast off, in float32 weights: bf16 logits reorder items whose scores differ by
+    less than bf16 precision, these scores do not. `item_tokens` (num_items, L) spells each item (`ItemTrie`);
+    `item_bias` (B, num_items) is added as the search added it. Returns items (B, top_k), -1 padded, and scores."""
+    weights = {p.dtype for p in model.parameters() if p.is_floating_point()} if hasattr(model, "parameters") else set()
+    if weights - {torch.float32}:
+        raise ValueError(f"float32 re-scoring needs float32 weights (decode in bf16 under autocast), the model's are "
+                         f"{sorted(str(d) for d in weights)}")
+    candidates = item_tokens[items.clamp(min=0)]
+    with torch.autocast(input_ids.device.type, enabled=False):
+        scores = score_candidates(model, input_ids, lengths, mask_index, candidates, sop, eop, chunk, part_b_ids,
+                                  score_end)
+    if item_bias is not None:
+        scores = scores + item_bias.gather(1, items.clamp(min=0))
+    best, order = scores.masked_fill(items < 0, float("-inf")).topk(min(top_k, items.shape[1]), dim=1)
+    return items.gather(1, order).masked_fill(torch.isinf(best), -1), best
