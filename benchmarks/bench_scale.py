@@ -312,6 +312,12 @@ class Config:
         return max(1, tokens_per_step // self.seq)
 
 
+def progress(side: str, spec: ModelSpec, config: Config, result: dict[str, Any]) -> None:
+    """One side's numbers as soon as they are measured (a run stopped before its JSON lines keeps them)."""
+    print(f"{side} {spec.name} {config}: {result['tokens_per_s']:,.0f} tokens/s, "
+          f"{result['flops_per_s'] / 1e12:.1f} model TFLOP/s, peak {result['peak_memory_gib']} GiB", flush=True)
+
+
 def measure_ours(spec: ModelSpec, preset: Preset, configs: list[Config], device: torch.device, compile: bool,
                  seed: int) -> tuple[dict[Config, dict[str, Any]], dict[str, Any]]:
     """Per config: our packed step's tokens/s, MFU (numerator: FLOPs/s), peak memory and padding; and the model's
@@ -332,7 +338,7 @@ def measure_ours(spec: ModelSpec, preset: Preset, configs: list[Config], device:
         results[config] = {"tokens_per_s": rate, "flops_per_s": flop_rate, "peak_memory_gib": peak_gib(device),
                            "built_memory_gib": resident, "padding_fraction": padding,
                            "flops_per_token": count.per_token(config.seq)}
-        print(f"ours {spec.name} {config}: {rate:,.0f} tokens/s", flush=True)
+        progress("ours", spec, config, results[config])
     about = {"parameters": sum(p.numel() for p in network.parameters()),
              "trainable_parameters": sum(p.numel() for p in network.parameters() if p.requires_grad),
              "weights": {"frozen": count.frozen, "lora": count.trained, "output": count.output},
@@ -365,7 +371,7 @@ def measure_reference(spec: ModelSpec, preset: Preset, configs: list[Config], de
         rate = train.run_reference(step, ids, preset.steps)
         results[config] = {"tokens_per_s": rate, "flops_per_s": rate * count.flops(1, 1, config.seq),
                            "peak_memory_gib": peak_gib(device), "built_memory_gib": resident}
-        print(f"reference {spec.name} {config}: {rate:,.0f} tokens/s", flush=True)
+        progress("reference", spec, config, results[config])
     return results
 
 

@@ -8,7 +8,8 @@
 # when OUT is set. Needs torch, lightning, transformers and peft; downloads nothing.
 # Time, estimated for one H100 (not yet measured): per preset ~15 s of imports, ~5 s to build each model, one
 # per-block compilation per model and row length (~30 s each, ~2 min in all), 4 configs x 8 steps x <1 s per model:
-# ~3.5 min, so ~7 min for both. Each preset is stopped after PRESET_TIMEOUT seconds (default 285): under 10 min in all.
+# ~3.5 min, so ~7 min for both. Each preset is stopped after PRESET_TIMEOUT seconds (default 285): under 10 min in all;
+# a stopped preset's progress lines (one per model side and config: tokens/s, model TFLOP/s, peak GiB) remain.
 #   benchmarks/gpu_scale.sh [--steps N ...]      (extra flags go to benchmarks/bench_scale.py; --compile off skips
 #                                                compilation)
 set -uo pipefail
