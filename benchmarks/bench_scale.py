@@ -9,7 +9,7 @@ it trains bench_train's packed GLM step (RecSysLLM's objective) through a Lightn
 reference (next-token loss on every position of unpacked random rows of the same length) on as many tokens per
 step, and prints one JSON line: real tokens/s, MFU and peak memory of both, and their ratio.
 
-    PYTHONPATH=. python benchmarks/bench_scale.py --preset cpu-small    # seconds on a CPU: the same code path
+    PYTHONPATH=. python benchmarks/bench_scale.py --preset cpu-small    # a minute on a CPU: the same code path
     benchmarks/gpu_scale.sh                                             # glm10b and llama7b on one H100 or H200
 
 MFU counts the FLOPs LoRA performs, per token: 4 per weight of a frozen matrix (forward 2, input gradient 2, no
@@ -110,7 +110,7 @@ PRESETS = {
                                                max_sequence_length=129), 512),
                          ModelSpec("llama", dict(LLAMA_7B, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
                                                  num_attention_heads=4, num_key_value_heads=4), 512)),
-                        (64, 128), 256, 1, 1, description="both code paths at 2 x 64, seconds on a CPU"),
+                        (64, 128), 256, 1, 1, description="both code paths at 2 x 64, about a minute on 2 CPU cores"),
 }
 
 
@@ -389,8 +389,8 @@ def report(name: str, spec: ModelSpec, preset: Preset, config: Config, ours: dic
         "lora": {"r": LORA.r, "alpha": LORA.alpha, "targets": "attention and MLP projections"},
         "rows": [config.rows(preset.tokens_per_step), config.seq], "checkpointing": config.checkpointing,
         "compiled": "per block" if compile else False, "precision": "bf16 weights, fp32 adapters, bf16-mixed",
-        "steps": preset.steps, "flops_per_token": ours["flops_per_token"], "peak_tflops": tflops, "peak": note, "recompute_counted": False,
-        "memory": "torch.cuda.max_memory_allocated" if cuda else "process peak RSS",
+        "steps": preset.steps, "flops_per_token": ours["flops_per_token"], "recompute_counted": False,
+        "peak_tflops": tflops, "peak": note, "memory": "torch.cuda.max_memory_allocated" if cuda else "process peak RSS",
         "tokens_per_s": round(ours["tokens_per_s"]), "mfu": mfu["ours"], "peak_memory_gib": ours["peak_memory_gib"],
         "padding_fraction": round(ours["padding_fraction"], 4),
         "reference_tokens_per_s": round(reference["tokens_per_s"]), "reference_mfu": mfu["ref"],
