@@ -191,6 +191,16 @@ def load_blocks(folder: Path, expected: Mapping[str, torch.Size], blocks: Mappin
     check_complete(folder, expected, seen)
 
 
+def read_rows(folder: Path, name: str, rows: list[int]) -> torch.Tensor:
+    """Rows `rows` of the checkpoint's tensor `name` (a few embedding rows), read alone."""
+    for path in weight_files(folder):
+        with open_weights(path) as file:
+            for key in file.keys():
+                if key.removeprefix(PREFIX) == name:
+                    return torch.cat([file.read(key, (slice(i, i + 1),)) for i in rows])
+    raise ValueError(f"{folder}: the checkpoint lacks parameters {[name]}")
+
+
 def check_tensor(path: Path, name: str, shape: tuple[int, ...], expected: Mapping[str, torch.Size]) -> None:
     """A checkpoint tensor must be one of the model's parameters, of the shape config.json implies."""
     if name not in expected:

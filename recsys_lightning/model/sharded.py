@@ -20,7 +20,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-from recsys_lightning.model.checkpoints import Index, load_blocks
+from recsys_lightning.model.checkpoints import Index, load_blocks, read_rows
 
 # peft's wrappers around a base module's parameters: base_model.model.<name>, <module>.base_layer.<param>, ...
 PEFT_WRAPPERS = re.compile(r"^base_model\.model\.|(?<=\.)(?:base_layer|token_adapter|original_module)\.|"
@@ -48,15 +48,16 @@ def kept_values(network: nn.Module, base: Mapping[str, torch.Size]) -> Tensors:
     return {name: t.detach().clone() for name, t in state.items() if base_name(name) not in base}
 
 
-def token_values(network: nn.Module, rows: Callable[[list[int]], torch.Tensor]) -> Tensors:
-    """peft's trainable token rows at initialisation (`trainable_tokens_delta` and `_original`): the embedding's rows of
-    those tokens, which the stubs could not give it."""
+def token_values(network: nn.Module, rows: Callable[[str, list[int]], torch.Tensor]) -> Tensors:
+    """peft's trainable token rows at initialisation (`trainable_tokens_delta` and `_original`): `rows(embedding's base
+    name, token ids)`, the embedding's rows of those tokens, which the stubs could not give it."""
     values = {}
     for name, module in network.named_modules():
         if isinstance(module, TrainableTokensLayer):
             for adapter, ids in module.token_indices.items():
+                init = rows(base_name(f"{name}.weight"), list(ids))
                 for kind in ("trainable_tokens_delta", "trainable_tokens_original"):
-                    values[f"{name}.{kind}.{adapter}"] = rows(list(ids))
+                    values[f"{name}.{kind}.{adapter}"] = init
     return values
 
 
@@ -98,18 +99,18 @@ def load_sharded(model: nn.Module, folder: Path, new_rows: Mapping[str, torch.Te
     """`model` (on the meta device, its embeddings already resized) wrapped by `wrap` (LoRA), sharded by `shard`, and
     each rank's shards loaded from the checkpoint in `folder` and `new_rows` (name -> rows past the checkpoint's)."""
     base = {name: p.shape for name, p in model.state_dict().items()}
+    dtypes = {name: p.dtype for name, p in model.state_dict().items()}
     checkpoint_shapes = {name: torch.Size((shape[0] - len(new_rows[name]), *shape[1:])) if name in new_rows else shape
                          for name, shape in base.items()}
     stub_parameters(model)
     network = wrap(model)
-    embedding = "word_embeddings.weight"
 
-    def embedding_rows(ids: list[int]) -> torch.Tensor:
-        first = checkpoint_shapes[embedding][0]
-        if embedding not in new_rows or min(ids) < first:
-            raise ValueError(f"trainable token ids {[i for i in ids if i < first]} are rows of the checkpoint: a sharded "
-                             f"load trains new tokens' rows only (load without FSDP2 to train existing rows)")
-        return new_rows[embedding][[i - first for i in ids]].clone()
+    def embedding_rows(name: str, ids: list[int]) -> torch.Tensor:
+        """Rows `ids` of the resized embedding `name`, in its dtype: drawn new rows, or read from the checkpoint."""
+        first = checkpoint_shapes[name][0]
+        old = [i for i in ids if i < first]
+        read = dict(zip(old, read_rows(folder, name, old).to(dtypes[name]))) if old else {}
+        return torch.stack([read[i] if i < first else new_rows[name][i - first] for i in ids])
 
     values = {**kept_values(network, base), **token_values(network, embedding_rows)}
     network = shard(network.to("meta"))

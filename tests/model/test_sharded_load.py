@@ -30,6 +30,7 @@ SEED = 7
 ITEMS = [f"<item_{i}>" for i in range(7)]  # item tokens the data module would add
 CASES = {"safetensors": ("safetensors", 3, "float32"), "bin": ("bin", 2, "bfloat16")}  # format, shards, dtype
 NEW_GLM_TOKENS = 5  # GLM special tokens the checkpoint has no rows for, resized into the embedding with the items
+OLD_TOKENS = [3, 200]  # tokens with checkpoint rows whose rows LoRA trains too (rank 0's and rank 1's rows)
 
 
 def checkpoint(folder: Path, fmt: str, shards: int) -> dict[str, torch.Tensor]:
@@ -43,11 +44,15 @@ def checkpoint(folder: Path, fmt: str, shards: int) -> dict[str, torch.Tensor]:
 
 
 def recsys(folder: Path, dtype: str) -> RecSysLLM:
-    """The module to load: the checkpoint's GLM with its tokenizer, item tokens added, and LoRA."""
+    """The module to load: the checkpoint's GLM with its tokenizer, item tokens added, and LoRA that also trains the
+    rows of the new tokens and of two the checkpoint has (`OLD_TOKENS`)."""
     backbone = NativeGLM(checkpoint=str(folder), dtype=dtype, hidden_dropout=0.0, attention_dropout=0.0)
-    module = RecSysLLM(backbone=backbone, lora=LoRA(r=2, dropout=0.0))
-    module.tokenizer = backbone.tokenizer()
-    module.tokenizer.add_tokens(ITEMS)
+    tokenizer = backbone.tokenizer()
+    tokenizer.add_tokens(ITEMS)
+    new = range(len(tokenizer) - len(ITEMS) - NEW_GLM_TOKENS, len(tokenizer))
+    lora = LoRA(r=2, dropout=0.0, trainable_token_indices={"word_embeddings": [*OLD_TOKENS, *new]})
+    module = RecSysLLM(backbone=backbone, lora=lora)
+    module.tokenizer = tokenizer
     return module
 
 
@@ -166,16 +171,18 @@ def test_fsdp2_shards_are_the_one_process_weights_lora_and_new_token_rows_includ
 
 @pytest.mark.parametrize("fmt", sorted(CASES))
 def test_no_rank_reads_or_holds_the_full_model(loaded, fmt):
-    """Each rank reads each checkpoint tensor's rows it owns and nothing else: the two ranks' reads add up to the
-    checkpoint (no byte read twice) and each is half of it, give or take what dim-0 chunking puts on rank 0 (half a
-    row of every tensor, and half the embedding's new token rows, which rank 1 holds more of instead of reading)."""
+    """Each rank reads each checkpoint tensor's rows it owns and the old trainable tokens' rows, nothing else: the two
+    ranks' reads add up to the checkpoint (no byte read twice) and each is half of it, give or take what dim-0 chunking
+    puts on rank 0 (half a row of every tensor, and half the embedding's new token rows, which rank 1 holds more of
+    instead of reading)."""
     weights, ranks = loaded[fmt]["weights"], loaded[fmt]["ranks"]
     full = sum(t.numel() * t.element_size() for t in weights.values())
     read = [sum(r["reads"]) for r in ranks]
     row = {name: t.numel() // t.shape[0] * t.element_size() for name, t in weights.items()}
     margin = sum(row.values()) / 2 + (len(ITEMS) + NEW_GLM_TOKENS) * row["word_embeddings.weight"] / 2
-    assert sum(read) == full
-    assert all(abs(r - full / 2) <= margin for r in read), (read, full, margin)
+    tokens = len(OLD_TOKENS) * row["word_embeddings.weight"]  # every rank reads the trainable old tokens' rows
+    assert sum(read) == full + 2 * tokens
+    assert all(abs(r - tokens - full / 2) <= margin for r in read), (read, full, margin)
     assert margin < full / 10  # the bound says something: a full copy on one rank would break it
     single = loaded[fmt]["single"].network
     total = sum(t.numel() * t.element_size() for t in [*single.parameters(), *single.buffers()])
