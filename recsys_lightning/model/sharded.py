@@ -29,7 +29,8 @@ Tensors = dict[str, torch.Tensor]
 
 
 def base_name(name: str) -> str:
-    """The base model's name of a (possibly peft-wrapped) parameter: `base_model.model.x.base_layer.weight` -> `x.weight`."""
+    """The base model's name of a (possibly peft-wrapped) parameter: `base_model.model.x.base_layer.weight` ->
+    `x.weight`."""
     return PEFT_WRAPPERS.sub("", name)
 
 
