@@ -1,10 +1,11 @@
-"""`recsys-lightning`: a LightningCLI (fit, validate, test, predict) plus `tasks`, `prepare`, `export`, `configs` and
-`serve`, dispatched from one table; `--config NAME` finds a shipped config by name."""
+"""`recsys-lightning`: a LightningCLI (fit, validate, test, predict) plus `tasks`, `prepare`, `export`, `configs`,
+`serve` and `plan`, dispatched from one table; `--config NAME` finds a shipped config by name."""
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import os
 import sys
 from functools import partial
@@ -30,6 +31,7 @@ from recsys_lightning.pipeline.datamodule import RecDataModule
 from recsys_lightning.pipeline.prepare import prepare
 from recsys_lightning.infilling.tokenizer import wrap_tokenizer
 from recsys_lightning.errors import CheckpointError, checkpoint_file, read_checkpoint
+from recsys_lightning.memory import Setup, as_dict, describe, meta_network, plan
 from recsys_lightning.report import report_errors
 from recsys_lightning.module import RecSysLLM, check_fingerprint, dataset_fingerprint
 from recsys_lightning.recommender import export_recommender
@@ -282,6 +284,59 @@ def serve(argv: Sequence[str]) -> None:
     serve_command(list(argv))
 
 
+class PlanCLI(RecSysCLI):
+    """The fit command line parsed, only the model instantiated: no trainer, data or weights."""
+
+    def instantiate_classes(self) -> None:
+        self.config_init = self.parser.instantiate(self.config)
+        self.model = self._get(self.config_init, "model")
+
+
+def strategy_name(strategy: Any) -> str:
+    """single, ddp or fsdp2 from a config's trainer.strategy (a name, or a class_path)."""
+    name = str(getattr(strategy, "class_path", strategy) or "auto")
+    if name.endswith("FSDP2Strategy"):
+        return "fsdp2"
+    if name.lower().startswith("ddp") or name.endswith("DDPStrategy"):
+        return "ddp"
+    if name in ("auto", "single_device") or name.endswith("SingleDeviceStrategy"):
+        return "single"
+    raise ValueError(f"plan: trainer.strategy {name!r} is not planned; pass --strategy single, ddp or fsdp2")
+
+
+def memory_plan(argv: Sequence[str]) -> None:
+    """Print the per-device memory of a training step (parameters, gradients, AdamW states, activations) for the
+    configs and overrides `fit` takes: the network is built on the meta device, nothing is loaded or trained."""
+    parser = argparse.ArgumentParser(prog="recsys-lightning plan", description=memory_plan.__doc__,
+                                     epilog="Every other argument is fit's: --config FILE ..., --model.*, --data.*.")
+    parser.add_argument("--devices", type=int, help="data-parallel devices (default: trainer.devices, else 1)")
+    parser.add_argument("--strategy", choices=["single", "ddp", "fsdp2"], help="default: from trainer.strategy")
+    parser.add_argument("--batch_size", type=int, help="rows per device and step (default: data.batch_size)")
+    parser.add_argument("--row_length", type=int, help="tokens per row (default: data.pack_length or max_length)")
+    parser.add_argument("--vocab_size", type=int, help="tokenizer size (default: a checkpoint's config.json, "
+                        "else data.vocab_size)")
+    parser.add_argument("--targets", type=int, help="Part B tokens per device and step (default: a fraction)")
+    parser.add_argument("--target_fraction", type=float, default=0.5, help="Part B share of the tokens")
+    parser.add_argument("--device_type", choices=["cuda", "cpu"], default="cuda", help="where the step runs")
+    parser.add_argument("--json", action="store_true", help="print the components in bytes as one JSON line")
+    args, rest = parser.parse_known_args(argv)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended")
+        cli = PlanCLI(RecSysLLM, RecDataModule, args=resolve_config_names(rest), run=False,
+                      auto_configure_optimizers=False, parser_kwargs={"prog": "recsys-lightning plan"})
+    trainer, data, model = cli.config.trainer, cli.config.data, cli.model
+    devices = args.devices or (trainer.devices if isinstance(trainer.devices, int) else 1)
+    strategy = args.strategy or strategy_name(trainer.strategy)
+    vocab = args.vocab_size or (None if model.backbone.checkpoint else data.vocab_size)
+    setup = Setup(strategy=strategy, devices=devices if strategy != "single" else 1,
+                  batch_size=args.batch_size or data.batch_size,
+                  row_length=args.row_length or data.pack_length or data.max_length, targets=args.targets,
+                  target_fraction=args.target_fraction, bf16_mixed=str(trainer.precision).startswith("bf16-mixed"),
+                  device_type=args.device_type)
+    result = plan(describe(meta_network(model.backbone, model.lora, vocab), model.lora), setup)
+    print(json.dumps(as_dict(result)) if args.json else f"memory plan (projected, not measured)\n{result.table()}")
+
+
 def fit_and_evaluate(argv: Sequence[str]) -> None:
     """The LightningCLI subcommands: fit, validate, test, predict."""
     datasets.disable_progress_bars()
@@ -315,6 +370,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], Any], str]] = {
     "export": (export_checkpoint, "export a checkpoint: merged safetensors, tokenizer, LoRA adapter"),
     "configs": (list_configs, "list the shipped configs `--config NAME` takes"),
     "serve": (serve, "serve an exported recommender over HTTP (the `serve` extra)"),
+    "plan": (memory_plan, "per-device memory of a training step: parameters, gradients, optimizer, activations"),
 }
 
 

@@ -285,7 +285,7 @@ def test_configs_command_lists_every_shipped_config_with_its_header(capsys):
     assert "method/recsysllm" in out and "Method: the RecSysLLM recipe." in out and "loggers/wandb" in out
 
 
-SUBCOMMANDS = ["fit", "validate", "test", "predict", "tasks", "prepare", "export", "configs", "serve"]
+SUBCOMMANDS = ["fit", "validate", "test", "predict", "tasks", "prepare", "export", "configs", "serve", "plan"]
 
 
 def test_help_lists_every_subcommand_and_each_has_its_own_help(capsys, monkeypatch):

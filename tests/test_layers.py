@@ -18,6 +18,7 @@ LAYERS = (
     ("family",),                          # the task-family contract
     ("registry", "requests", "ratings", "texts"),  # what task families build on
     ("distributed", "module"),            # the LightningModule
+    ("memory",),                          # the memory plan of a training step (meta-device network)
     ("pipeline",),                        # the data pipeline: datamodule, encoding, packing, sampling, cache
     ("recommender",),                     # a trained model by raw ids: recommend, score, rate, explain; export
     ("callbacks", "checkpoint_io"),       # results files, last.ckpt, RNG state; atomic checkpoint writes
