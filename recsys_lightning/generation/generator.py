@@ -10,7 +10,7 @@ from recsys_lightning.data.schema import seeded_hash
 from recsys_lightning.infilling.tokens import GLMTokens
 from recsys_lightning.generation.beam import trie_beam_search
 from recsys_lightning.generation.blank import Model
-from recsys_lightning.generation.scoring import rescore_items, score_candidates
+from recsys_lightning.generation.scoring import check_float32_weights, rescore_items, score_candidates
 from recsys_lightning.generation.text import TextDecoding, beam_infill, greedy_infill, sample_infill
 from recsys_lightning.generation.trie import ItemTrie
 
@@ -29,6 +29,8 @@ class Generator:
         self.score_chunk = score_chunk
         self.score_end = score_end
         self.rescore_float32 = rescore_float32
+        if rescore_float32:
+            check_float32_weights(model)
 
     def rank_items(self, batch: dict[str, Any], trie: ItemTrie, top_k: int,
                    exclude: torch.Tensor | None = None, item_bias: torch.Tensor | None = None

@@ -81,6 +81,14 @@ def score_candidates(
     return first + torch.cat(scores, 1)
 
 
+def check_float32_weights(model: Model) -> None:
+    """Float32 re-scoring needs float32 weights (bf16 autocast decoding), not bf16 ones."""
+    weights = {p.dtype for p in model.parameters() if p.is_floating_point()} if hasattr(model, "parameters") else set()
+    if weights - {torch.float32}:
+        raise ValueError(f"float32 re-scoring needs float32 weights (decode in bf16 under autocast), the model's are "
+                         f"{sorted(str(d) for d in weights)}")
+
+
 def rescore_items(
     model: Model,
     input_ids: torch.Tensor,
@@ -100,10 +108,7 @@ def rescore_items(
     log-likelihoods computed with autocast off, in float32 weights: bf16 logits reorder items whose scores differ by
     less than bf16 precision, these scores do not. `item_tokens` (num_items, L) spells each item (`ItemTrie`);
     `item_bias` (B, num_items) is added as the search added it. Returns items (B, top_k), -1 padded, and scores."""
-    weights = {p.dtype for p in model.parameters() if p.is_floating_point()} if hasattr(model, "parameters") else set()
-    if weights - {torch.float32}:
-        raise ValueError(f"float32 re-scoring needs float32 weights (decode in bf16 under autocast), the model's are "
-                         f"{sorted(str(d) for d in weights)}")
+    check_float32_weights(model)
     candidates = item_tokens[items.clamp(min=0)]
     with torch.autocast(input_ids.device.type, enabled=False):
         scores = score_candidates(model, input_ids, lengths, mask_index, candidates, sop, eop, chunk, part_b_ids,

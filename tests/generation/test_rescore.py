@@ -42,8 +42,7 @@ def test_a_bf16_search_rescored_in_float32_ranks_the_top_10_as_float32_decoding(
 def test_float32_rescoring_refuses_bf16_weights(tokenizer, tokens):
     model = make_glm(len(tokenizer)).to(torch.bfloat16)
     with pytest.raises(ValueError, match="float32 re-scoring needs float32 weights"):
-        Generator(model, tokens, 4, rescore_float32=True).rank_items(prompts(tokens, 2), ItemTrie(CATALOG, tokens.eop),
-                                                                     3)
+        Generator(model, tokens, 4, rescore_float32=True)
 
 
 def test_the_module_option_decodes_with_a_rescoring_generator(tokenizer, tokens):
