@@ -134,13 +134,20 @@ class RecSysLLM(L.LightningModule):
     # --- set-up --------------------------------------------------------------------------------
     def check_settings(self, datamodule: Any) -> None:
         """Settings of the model and the data that cannot work together, refused before any work: the longest row
-        (`data.max_length`) must fit the backbone's position tables."""
+        (`data.max_length`) must fit the backbone's position tables, and a blank as long as a row (at most
+        max_length - 3 tokens, so intra-positions up to max_length - 2) its block-position table."""
         positions = self.backbone.max_positions()
         max_length = datamodule.hparams.max_length
         if positions is not None and max_length > positions:
             raise ValueError(f"data.max_length ({max_length}) exceeds the {positions} positions of "
                              f"model.backbone ({type(self.backbone).__name__}); lower data.max_length or give the "
                              f"backbone more positions")
+        blocks = self.backbone.block_positions()
+        if blocks is not None and max_length - 1 > blocks:
+            raise ValueError(f"data.max_length ({max_length}) allows blanks longer than the {blocks} block positions "
+                             f"of model.backbone ({type(self.backbone).__name__}); set "
+                             f"model.backbone.init_args.max_block_positions to at least {max_length - 1} or lower "
+                             f"data.max_length")
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule

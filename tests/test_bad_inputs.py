@@ -488,6 +488,11 @@ CLI_CASES = [
     CliCase("fit-beam-size-0", _run_args("fit", "--model.beam_size", "0"), r"model.beam_size must be at least 1, got 0"),
     CliCase("fit-max-length-past-positions", _run_args("fit", "--data.max_length", "5000", "--data.pack_length", "6000"),
             r"data.max_length \(5000\) exceeds the 640 positions of model.backbone"),
+    CliCase("fit-max-length-past-block-positions",
+            _run_args("fit", "--config", str(CONFIG.parent / "backbones" / "llama_tiny.yaml"), "--trainer.precision",
+                      "32", "--model.backbone.init_args.max_block_positions", "64", "--data.max_length", "128"),
+            r"data.max_length \(128\) allows blanks longer than the 64 block positions of model.backbone "
+            r"\(HFCausalLM\); set model.backbone.init_args.max_block_positions to at least 127"),
     CliCase("fit-label-smoothing", _run_args("fit", "--model.label_smoothing", "1.5"), r"model.label_smoothing"),
     CliCase("fit-missing-data-root", _run_args("fit", "--data.root", "{tmp}/nowhere"),
             r"data.root: dataset folder .*nowhere does not exist"),

@@ -70,6 +70,11 @@ class Backbone(ABC):
         without building it (a hub model not downloaded yet)."""
         return None
 
+    def block_positions(self) -> int | None:
+        """Rows of the intra-position (block position) table: a blank's span indexes it 1..len + 1, so the longest
+        span it takes is two less; None if unknown. The native GLM's two position tables are the same size."""
+        return self.max_positions()
+
     @abstractmethod
     def save_merged(self, network: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path) -> dict[str, Any]:
         """Write LoRA-free weights, tokenizer and config to `out`; return the init args that reload them."""

@@ -206,6 +206,9 @@ class HFEncoder(Backbone):
             load_head(network, Path(self.model))
         return network.train()  # from_pretrained returns eval mode; training sets the mode it needs
 
+    def block_positions(self) -> int | None:
+        return self._block_positions()
+
     def _block_positions(self) -> int:
         """Rows of the intra-position table: a saved table's own size wins over `max_block_positions`."""
         for folder in (self.adapter, self.model):

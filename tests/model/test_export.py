@@ -120,7 +120,7 @@ def test_hf_llama_lora_export_round_trip(tmp_path, tiny_reviews):
     root = Path(shutil.copytree(tiny_reviews, tmp_path / "reviews"))  # moved away once exported
     write_pretrained(tmp_path / "llama-base")
     config = backbone_yaml(tmp_path, "recsys_lightning.model.hf_glm.HFCausalLM", model=str(tmp_path / "llama-base"),
-                           max_block_positions=64)
+                           max_block_positions=640)  # blanks as long as a row
     cli("fit", tmp_path, root, config, extra=("--model.lr", "0.05"))
     # the backbone's tokenizer (not the checkpoint's string) decodes, and matches the checkpoint's fingerprint
     cli("test", tmp_path, root, config, extra=("--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")))
