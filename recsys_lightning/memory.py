@@ -2,9 +2,10 @@
 
 Parameters are counted exactly on the network built on the meta device (trainable vs frozen under LoRA, each
 tensor's dtype, FSDP2's dim-0 shards). Activations follow a per-layer formula of the native GLM block: the bytes
-autograd saves for the backward pass, term by term (`block_activations`), measured against
-`torch.autograd.graph.saved_tensors_hooks` at small shapes on CPU (tests/test_memory.py, docs/memory.md).
-`recsys-lightning plan` prints it for a config; `SavedTensorBytes` and `local_bytes` measure a real step.
+autograd saves for the backward pass, term by term (`block_activations`), checked against what
+`torch.autograd.graph.saved_tensors_hooks` sees at small shapes on CPU; the peak is the largest of the step's
+phases (`Plan.phases`), checked against the bytes alive in a step (`PeakBytes`; torch's FSDPMemTracker under
+FSDP2). `recsys-lightning plan` prints it for a config (docs/memory.md; tests/test_memory.py).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class Setup:
         batch_size: rows per device and step (`data.batch_size`).
         row_length: tokens per row (`data.pack_length`, else `data.max_length`: the longest row).
         targets: Part B tokens per device and step whose logits the loss takes (None: `target_fraction` of the tokens).
-        target_fraction: Part B share of the tokens when `targets` is None.
+        target_fraction: Part B share of the tokens when `targets` is None (0.06 in the demo's packed sequential
+            rows; generated reviews and explanations have longer Part B).
         bf16_mixed: trainer precision bf16-mixed (autocast; FSDP2 gathers bf16 weights and reduces in float32).
         device_type: "cuda" (dropout keeps a 1-byte mask) or "cpu" (it keeps a mask in the activation dtype).
     """
@@ -55,7 +57,7 @@ class Setup:
     batch_size: int = 16
     row_length: int = 512
     targets: int | None = None
-    target_fraction: float = 0.5
+    target_fraction: float = 0.25
     bf16_mixed: bool = False
     device_type: Literal["cuda", "cpu"] = "cuda"
 
@@ -252,7 +254,8 @@ def block_activations(net: Network, setup: Setup) -> int:
         per_token += 2 * h * mask
     targets = set(lora.target_modules or GLM_LORA_TARGETS) if lora is not None else set()
     # linear -> (input width, input kept anyway: the attention output is SDPA's saved output)
-    linears = {"query_key_value": (h, False), "dense": (h, True), "dense_h_to_4h": (h, False), "dense_4h_to_h": (f, False)}
+    linears = {"query_key_value": (h, False), "dense": (h, True), "dense_h_to_4h": (h, False),
+               "dense_4h_to_h": (f, False)}
     for name, (width, kept) in linears.items():
         if lora is None:
             per_token += 0 if kept else width * act
@@ -323,9 +326,13 @@ def assumptions(net: Network, setup: Setup) -> list[str]:
     """What the numbers assume, one line each."""
     c = net.config
     base = base_itemsize(net)
-    names = {2: "bf16", 4: "float32", 8: "float64"}
+    names = {1: "8-bit", 2: "bf16", 4: "float32", 8: "float64"}
     act, residual = element_sizes(net, setup)
     lora = net.lora
+    adapters = max((t.itemsize for t in net.tensors if t.trainable and t.block is not None), default=base)
+    checkpointing = "on (each block keeps its input; one block recomputed at a time)" \
+        if net.gradient_checkpointing else "off"
+    masks = "1 byte (CUDA)" if setup.device_type == "cuda" else "the activation dtype (CPU)"
     return [
         f"GLM {c.num_layers} layers x hidden {c.hidden_size}, {c.num_attention_heads} heads, intermediate "
         f"{c.intermediate_size}, vocabulary {c.vocab_size:,}: {net.total:,} parameters, {net.trainable:,} trainable"
@@ -334,14 +341,17 @@ def assumptions(net: Network, setup: Setup) -> list[str]:
         f"strategy {setup.strategy} over {setup.devices} device(s)"
         + ("; parameters, gradients and AdamW states sharded on dim 0 (rank 0's shard)" if setup.strategy == "fsdp2"
            else "; DDP: gradients twice (its bucket copy)" if setup.strategy == "ddp" else ""),
-        f"weights stored in {names.get(base, base)}" + (", LoRA adapters in float32" if lora is not None else "")
+        f"weights stored in {names.get(base, base)}"
+        + (f", LoRA adapters in {names.get(adapters, adapters)}" if lora is not None else "")
         + (" (float32 master weights computed in bf16: bf16-mixed)" if setup.bf16_mixed and base == 4 else "")
         + f"; activations in {names[act]}, residual stream in {names[residual]}",
-        "optimizer AdamW: 2 states per trainable parameter in its dtype (float32 for float32 weights and LoRA adapters)",
-        f"activation checkpointing {'on (each block keeps its input; one block recomputed at a time)' if net.gradient_checkpointing else 'off'}",
+        "optimizer AdamW: 2 states per trainable parameter in that parameter's dtype, a float32 step count each",
+        f"activation checkpointing {checkpointing}",
         f"tokens per step and device = {setup.batch_size} rows x {setup.row_length} = {setup.tokens:,}; "
         f"{setup.num_targets:,} Part B targets whose float32 logits the loss keeps",
-        f"SDPA attention with the dense (L x L) mask; dropout masks of {'1 byte (CUDA)' if setup.device_type == 'cuda' else 'the activation dtype (CPU)'}",
+        f"SDPA attention under the dense (L x L) mask (not FlexAttention); dropout masks of {masks}",
+        "peak: the largest of the end of forward, the start and end of backward and the optimizer step "
+        "(Lightning frees the previous gradients between forward and backward)",
     ]
 
 
