@@ -227,6 +227,11 @@ def base_itemsize(net: Network) -> int:
     return max(blocks, key=lambda t: t.numel).itemsize
 
 
+def adapter_itemsize(net: Network) -> int:
+    """Bytes per element of the trainable block tensors (LoRA adapters: float32 as peft makes them)."""
+    return max((t.itemsize for t in net.tensors if t.trainable and t.block is not None), default=base_itemsize(net))
+
+
 def element_sizes(net: Network, setup: Setup) -> tuple[int, int]:
     """(activation, residual stream) bytes per element: bf16 under bf16 weights or autocast; the residual stream
     stays float32 when autocast runs over float32 embeddings (not under FSDP2, which gathers bf16 weights)."""
@@ -253,6 +258,10 @@ def block_activations(net: Network, setup: Setup) -> int:
     if c.hidden_dropout:
         per_token += 2 * h * mask
     targets = set(lora.target_modules or GLM_LORA_TARGETS) if lora is not None else set()
+    # peft casts an adapter's input to the adapter's dtype (float32 adapters over bf16 activations): the dropout
+    # mask is then float32 on CPU, and the input autocast hands lora_A is a fresh copy, shared with nothing
+    cast = adapter_itemsize(net) != act
+    lora_mask = mask if setup.device_type == "cuda" or not cast else adapter_itemsize(net)
     # linear -> (input width, input kept anyway: the attention output is SDPA's saved output)
     linears = {"query_key_value": (h, False), "dense": (h, True), "dense_h_to_4h": (h, False),
                "dense_4h_to_h": (f, False)}
@@ -261,7 +270,7 @@ def block_activations(net: Network, setup: Setup) -> int:
             per_token += 0 if kept else width * act
         elif name in targets:
             per_token += lora.r * act
-            per_token += width * (act + mask) if lora.dropout else (0 if kept else width * act)
+            per_token += width * (act + lora_mask) if lora.dropout else (0 if kept and not cast else width * act)
     return setup.tokens * per_token + setup.batch_size * setup.row_length ** 2 * act
 
 
@@ -285,12 +294,13 @@ def forward_activations(net: Network, setup: Setup) -> int:
     output layer's input (when the tied embeddings train) and the float32 log-softmax of the Part B logits."""
     c = net.config
     act, residual = element_sizes(net, setup)
-    mask = 1 if setup.device_type == "cuda" else act
     tokens, targets = setup.tokens, setup.num_targets
     tables_train = any(t.trainable and t.block is None and len(t.shape) == 2 for t in net.tensors)
     word_trains = any(t.trainable and t.block is None and t.shape == (c.vocab_size, c.hidden_size)
                       for t in net.tensors)
-    embeddings = tokens * ((INDEX_BYTES if tables_train else 0) + (c.hidden_size * mask if c.embedding_dropout else 0))
+    embedding_mask = 1 if setup.device_type == "cuda" else residual  # dropout on the summed embeddings
+    embeddings = tokens * ((INDEX_BYTES if tables_train else 0)
+                           + (c.hidden_size * embedding_mask if c.embedding_dropout else 0))
     head = (tokens * (c.hidden_size * residual + LN_STATS_BYTES) + targets * 8  # final LayerNorm, Part B indices
             + targets * (c.hidden_size * act if word_trains else 0)  # the tied output layer's input
             + targets * c.vocab_size * 4 + targets * 8)  # float32 log-softmax, cross-entropy targets
@@ -304,8 +314,8 @@ def forward_activations(net: Network, setup: Setup) -> int:
 def working_weights(net: Network, setup: Setup) -> tuple[int, int]:
     """Transient full-size weights, and the part of them only the backward pass holds: under FSDP2 the root unit
     (kept gathered from forward to backward) and two blocks (the current one and the prefetched next), plus one
-    block's unsharded gradients in backward; under autocast elsewhere the bf16 copies of trainable float32 weights
-    it caches for the step."""
+    block's unsharded gradients in backward; under autocast elsewhere the bf16 copies of float32 weight matrices
+    the linears keep for backward (under checkpointing: the output layer's and the recomputed block's)."""
     if setup.strategy == "fsdp2":
         gather = 2 if setup.bf16_mixed else None
         units: dict[int | None, int] = {}
@@ -317,8 +327,18 @@ def working_weights(net: Network, setup: Setup) -> tuple[int, int]:
         blocks = sorted((v for k, v in units.items() if k is not None), reverse=True)
         block_grads = max((v for k, v in grads.items() if k is not None), default=0)
         return units.get(None, 0) + sum(blocks[:2]) + block_grads, block_grads
-    if setup.bf16_mixed:
-        return sum(t.numel * 2 for t in net.tensors if t.trainable and t.itemsize == 4 and len(t.shape) == 2), 0
+    if setup.bf16_mixed:  # the linears' float32 weights, trainable or frozen, cast to bf16 and kept for backward
+        c = net.config
+        word = sum(t.numel * 2 for t in net.tensors if t.block is None and t.itemsize == 4
+                   and t.shape == (c.vocab_size, c.hidden_size))  # the tied output layer's
+        casts: dict[int | None, int] = {}
+        for t in net.tensors:
+            if t.block is not None and t.itemsize == 4 and len(t.shape) == 2:
+                casts[t.block] = casts.get(t.block, 0) + t.numel * 2
+        if net.gradient_checkpointing:  # cast again when its block is recomputed, one block at a time
+            block = max(casts.values(), default=0)
+            return word + block, block
+        return word + sum(casts.values()), 0
     return 0, 0
 
 
@@ -329,7 +349,7 @@ def assumptions(net: Network, setup: Setup) -> list[str]:
     names = {1: "8-bit", 2: "bf16", 4: "float32", 8: "float64"}
     act, residual = element_sizes(net, setup)
     lora = net.lora
-    adapters = max((t.itemsize for t in net.tensors if t.trainable and t.block is not None), default=base)
+    adapters = adapter_itemsize(net)
     checkpointing = "on (each block keeps its input; one block recomputed at a time)" \
         if net.gradient_checkpointing else "off"
     masks = "1 byte (CUDA)" if setup.device_type == "cuda" else "the activation dtype (CPU)"

@@ -19,7 +19,8 @@ from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 from recsys_lightning.cli import main
 from recsys_lightning.infilling.layout import blank_infilling_mask
 from recsys_lightning.memory import (PeakBytes, SavedTensorBytes, Setup, activation_bytes, backward_activations,
-                                     describe, forward_activations, local_bytes, meta_network, optimizer_bytes, plan)
+                                     describe, forward_activations, local_bytes, meta_network, optimizer_bytes, plan,
+                                     working_weights)
 from recsys_lightning.model.backbones import GLM_LORA_TARGETS, NativeGLM
 from recsys_lightning.model.glm import GLMConfig, GLMModel
 from recsys_lightning.model.lora import LoRA, LoRADefaults, apply_lora
@@ -97,12 +98,14 @@ def glm_batch(batch: int, length: int, vocab: int) -> dict[str, torch.Tensor]:
             "target_positions": torch.nonzero(~part_a.flatten()).flatten()}
 
 
-def small_glm(adapter: bool, checkpointing: bool, dropout: bool, hidden: int = 64) -> tuple[nn.Module, LoRA | None]:
-    """A 3-block GLM in training mode, LoRA (r=4) on the default targets or not; dropout 0.1 (LoRA's .05) or none."""
+def small_glm(adapter: bool, checkpointing: bool, dropout: bool, hidden: int = 64,
+              dtype: torch.dtype = torch.float32) -> tuple[nn.Module, LoRA | None]:
+    """A 3-block GLM in training mode, LoRA (r=4, float32 as peft makes it) on the default targets or not; dropout
+    0.1 (LoRA's .05) or none."""
     torch.manual_seed(0)
     p = 0.1 if dropout else 0.0
     network = GLMModel(GLMConfig(vocab_size=300, hidden_size=hidden, num_layers=3, num_attention_heads=4,
-                                 max_sequence_length=64, hidden_dropout=p, attention_dropout=0.0))
+                                 max_sequence_length=64, hidden_dropout=p, attention_dropout=0.0)).to(dtype)
     network.gradient_checkpointing = checkpointing
     lora = LoRA(r=4, dropout=0.05 if dropout else 0.0) if adapter else None
     if lora is not None:
@@ -129,6 +132,22 @@ def test_the_activation_formula_is_what_autograd_saves(adapter, checkpointing, d
     net = describe(network, lora)
     assert abs(forward_activations(net, setup) - saved.total) <= 8  # the loss's float32 total weight apart
     assert activation_bytes(net, setup) == forward_activations(net, setup) + backward_activations(net, setup)
+
+
+@pytest.mark.parametrize("weights", [torch.bfloat16, torch.float32], ids=["bf16", "float32"])
+@pytest.mark.parametrize(("adapter", "checkpointing"), [(False, False), (True, True)])
+def test_under_bf16_autocast_the_formula_counts_the_casts_autograd_saves(weights, adapter, checkpointing):
+    """bf16-mixed on CPU (autocast) over bf16 or float32 base weights: the activations in bf16 and the bf16 copies
+    autocast makes of float32 weights (the plan's cast weights), peft's float32 copy of each adapter's input."""
+    network, lora = small_glm(adapter, checkpointing, True, dtype=weights)
+    batch = glm_batch(3, 40, 300)
+    with torch.autocast("cpu", dtype=torch.bfloat16), SavedTensorBytes(network.parameters) as saved:
+        loss_of(network, batch)
+    setup = Setup(batch_size=3, row_length=40, targets=len(batch["target_positions"]), device_type="cpu",
+                  bf16_mixed=True)
+    net = describe(network, lora)
+    casts, recomputed = working_weights(net, setup)  # a recomputed block's casts come in backward
+    assert abs(forward_activations(net, setup) + casts - recomputed - saved.total) <= 0.01 * saved.total
 
 
 @pytest.mark.parametrize(("adapter", "checkpointing"), list(itertools.product((False, True), repeat=2)))
