@@ -1,6 +1,7 @@
 """The memory plan (`recsys-lightning plan`, recsys_lightning/memory.py): the GLM-10B network counted on the meta
-device, the activation formula against the bytes autograd saves, and the whole plan against two FSDP2 processes
-(gloo) that measure their parameter, gradient and AdamW-state shards and their saved activations during a step."""
+device; the activation formula against the bytes autograd saves (float32, and under bf16 autocast); the planned peak
+against every storage alive during a step on one process; and the whole plan against two FSDP2 processes (gloo)
+that measure their parameter, gradient and AdamW-state shards, their saved activations and their step's peak."""
 
 from __future__ import annotations
 
