@@ -40,6 +40,22 @@ def is_user_error(err: BaseException) -> bool:
     return isinstance(err, (ValueError, FileNotFoundError, FileExistsError)) and _raised_by_us(err)
 
 
+def user_error(err: BaseException) -> BaseException | None:
+    """`err` if it is a user error, else the first user error it was raised from (jsonargparse wraps a backbone's
+    refusal of its settings in its own ValueError), else None."""
+    seen: set[int] = set()
+    stack = [err]
+    while stack:
+        e = stack.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if is_user_error(e):
+            return e
+        stack += [e.__cause__] if e.__cause__ is not None else []
+    return None
+
+
 def one_line(err: BaseException) -> str:
     message = " ".join(str(err).split("\n")).strip() or type(err).__name__
     return f"{PROG}: error: {message}"
@@ -51,7 +67,8 @@ def report_errors(run: Any) -> Any:
     try:
         return run()
     except Exception as err:  # noqa: BLE001 - anything not ours propagates unchanged below
-        if os.environ.get(DEBUG_ENV, "") not in ("", "0") or not is_user_error(err):
+        ours = user_error(err)
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0") or ours is None:
             raise
-        print(one_line(err), file=sys.stderr, flush=True)
+        print(one_line(ours), file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -488,6 +488,8 @@ CLI_CASES = [
     CliCase("fit-beam-size-0", _run_args("fit", "--model.beam_size", "0"), r"model.beam_size must be at least 1, got 0"),
     CliCase("fit-max-length-past-positions", _run_args("fit", "--data.max_length", "5000", "--data.pack_length", "6000"),
             r"data.max_length \(5000\) exceeds the 640 positions of model.backbone"),
+    CliCase("fit-placeholder-checkpoint", _run_args("fit", "--config", str(CONFIG.parent / "backbones" / "glm_10b.yaml")),
+            r"model.backbone.checkpoint '/path/to/glm-10b': no such folder"),
     CliCase("fit-max-length-past-block-positions",
             _run_args("fit", "--config", str(CONFIG.parent / "backbones" / "llama_tiny.yaml"), "--trainer.precision",
                       "32", "--model.backbone.init_args.max_block_positions", "64", "--data.max_length", "128"),
