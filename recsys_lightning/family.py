@@ -31,8 +31,8 @@ SPLITS = ("train", "val", "test")
 
 
 class DecodingOption:
-    """Base of a family's typed options that change only how rows are decoded, never the rows themselves: the data
-    cache key leaves options of this kind out, so changing them reuses the built examples."""
+    """Base of a family's typed options that change only how rows are decoded or scored, never the rows themselves:
+    the data cache key leaves options of this kind out, so changing them reuses the built examples."""
 
     @classmethod
     def of(cls, value: Any) -> Any:

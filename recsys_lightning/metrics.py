@@ -6,8 +6,9 @@ import re
 from typing import Sequence
 
 import torch
-from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, Metric
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, Metric, SumMetric
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalNormalizedDCG
+from torchmetrics.retrieval.base import RetrievalMetric
 from torchmetrics.functional.text import rouge_score
 from torchmetrics.text import BLEUScore
 
@@ -21,13 +22,35 @@ def ranking_metrics(hit_ks: Sequence[int], ndcg_ks: Sequence[int]) -> dict[str, 
 
 def update_ranking(metrics: dict[str, Metric], ranked: torch.Tensor, target: torch.Tensor,
                    request_ids: torch.Tensor) -> None:
-    """Feed ranked lists (B, k), best first, against one target item per request."""
+    """Feed ranked lists (B, k), best first, against one target item per request, into the retrieval metrics among
+    `metrics` (slices have their own update)."""
     b, k = ranked.shape
     preds = torch.arange(k, 0, -1, device=ranked.device, dtype=torch.float).expand(b, k)
     hits = ranked == target[:, None]
     indexes = request_ids[:, None].expand(b, k)
     for metric in metrics.values():
-        metric.update(preds.reshape(-1), hits.reshape(-1), indexes=indexes.reshape(-1))
+        if isinstance(metric, RetrievalMetric):
+            metric.update(preds.reshape(-1), hits.reshape(-1), indexes=indexes.reshape(-1))
+
+
+def slice_metrics(name: str, ks: Sequence[int]) -> dict[str, Metric]:
+    """HR@k and NDCG@k over a slice of the requests, and its size, as `name/hr@k`, `name/ndcg@k`, `name/requests`:
+    sums of per-request values, so processes sync exactly; an empty slice reports nan."""
+    metrics: dict[str, Metric] = {f"{name}/{kind}@{k}": MeanMetric() for kind in ("hr", "ndcg") for k in ks}
+    metrics[f"{name}/requests"] = SumMetric()
+    return metrics
+
+
+def update_slice(metrics: dict[str, Metric], name: str, ks: Sequence[int], ranked: torch.Tensor,
+                 target: torch.Tensor, in_slice: torch.Tensor) -> None:
+    """Feed the requests of `ranked` (B, k), best first, whose `in_slice` is set into the slice `name`'s metrics."""
+    ranked, target = ranked[in_slice], target[in_slice]
+    metrics[f"{name}/requests"].update(torch.tensor(float(len(target))))
+    for k in ks:
+        hits = (ranked[:, :k] == target[:, None]).float()
+        gains = 1 / torch.log2(torch.arange(2, hits.shape[1] + 2, device=hits.device, dtype=torch.float))
+        metrics[f"{name}/hr@{k}"].update(hits.sum(1))
+        metrics[f"{name}/ndcg@{k}"].update((hits * gains).sum(1))
 
 
 class ROUGE(Metric):

@@ -7,16 +7,19 @@ yes/no about a probe item add training signal.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterator, Literal
 
+import numpy as np
 import torch
 from torchmetrics import Metric
 
 from recsys_lightning.data.schema import RecData
+from recsys_lightning.data.splits import training_sequences
 from recsys_lightning.data.transitions import Transitions
 from recsys_lightning.family import DecodingOption, Request, TaskFamily
 from recsys_lightning.generation.generator import Generator
-from recsys_lightning.metrics import ranking_metrics, update_ranking
+from recsys_lightning.metrics import ranking_metrics, slice_metrics, update_ranking, update_slice
 from recsys_lightning.prompts import Template
 from recsys_lightning.registry import register_task
 from recsys_lightning.requests import next_item_requests
@@ -54,6 +57,20 @@ class TransitionPrior(DecodingOption):
             raise ValueError(f"sequential prior: counts must be 'training' or 'known', got {self.counts!r}")
 
 
+@dataclass(frozen=True)
+class Slices(DecodingOption):
+    """Slices of the evaluated requests reported beside the overall HR@k and NDCG@k (scoring only; the rows and
+    their ranking are the same): `cold`, requests whose target item has at most `cold_item` interactions in the
+    users' training parts; `short`, users with at most `short_history` items in their training part."""
+
+    cold_item: int = 5
+    short_history: int = 3
+
+    def __post_init__(self) -> None:
+        if self.cold_item < 0 or self.short_history < 0:
+            raise ValueError(f"sequential slices: need cold_item >= 0 and short_history >= 0, got {self}")
+
+
 @register_task("sequential")
 class Sequential(TaskFamily):
     """Leave-one-out next-item prediction; training uses every prefix window of the training part, or only the
@@ -67,7 +84,7 @@ class Sequential(TaskFamily):
 
     def __init__(self, weight: float = 1.0, max_history: int = 20, exclude_history: bool = True,
                  num_candidates: int = 20, ks: tuple[int, ...] = (5, 10), every_window: bool = True,
-                 crops: int = 0, prior: TransitionPrior | None = None) -> None:
+                 crops: int = 0, prior: TransitionPrior | None = None, slices: Slices | None = None) -> None:
         """
         Args:
             weight: sampling weight in the training mix.
@@ -80,6 +97,7 @@ class Sequential(TaskFamily):
                 two items), so every item is also predicted from short contexts (measured in docs/results.md).
             prior: a transition prior added to the item scores in decoding (`TransitionPrior`; a mapping of its
                 fields in a config); None: none.
+            slices: thresholds of the cold-item and short-history slices (`Slices`; a mapping of its fields).
         """
         super().__init__(weight)
         if max_history < 1 or num_candidates < 2 or crops < 0:
@@ -92,6 +110,7 @@ class Sequential(TaskFamily):
         self.every_window = every_window
         self.crops = crops
         self.prior = TransitionPrior.of(prior) or TransitionPrior()
+        self.slices = Slices.of(slices) or Slices()
         self._transitions: dict[str, Transitions] = {}
 
     def requests(self, data: RecData, split: str) -> Iterator[Request]:
@@ -103,7 +122,15 @@ class Sequential(TaskFamily):
         return template.target == "item" and "candidates" not in template.slots
 
     def metrics(self, target: str) -> dict[str, Metric]:
-        return ranking_metrics(self.ks, self.ks)
+        slices = {**slice_metrics("cold", self.ks), **slice_metrics("short", self.ks)}
+        return {**ranking_metrics(self.ks, self.ks), **slices}
+
+    @cached_property
+    def training_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(interactions per item, items per user) over the users' training parts, which the slices read."""
+        parts = training_sequences(self.ctx.data)
+        items = np.bincount(np.concatenate(parts), minlength=self.ctx.data.num_items)
+        return items, np.array([len(p) for p in parts])
 
     def _rank(self, generator: Generator, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         device = batch["input_ids"].device
@@ -132,7 +159,12 @@ class Sequential(TaskFamily):
 
     def evaluate(self, generator: Generator, batch: dict[str, Any], metrics: dict[str, Metric]) -> None:
         ranked, _ = self._rank(generator, batch)
-        update_ranking(metrics, ranked, batch["target_item"], batch["request_id"])
+        target = batch["target_item"]
+        update_ranking(metrics, ranked, target, batch["request_id"])
+        items, histories = (torch.from_numpy(c).to(ranked.device) for c in self.training_counts)
+        update_slice(metrics, "cold", self.ks, ranked, target, items[target] <= self.slices.cold_item)
+        update_slice(metrics, "short", self.ks, ranked, target,
+                     histories[batch["user_id"].to(ranked.device)] <= self.slices.short_history)
 
     def predict(self, generator: Generator, batch: dict[str, Any]) -> list[dict[str, Any]]:
         ranked, scores = self._rank(generator, batch)

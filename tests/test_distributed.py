@@ -211,7 +211,8 @@ def test_a_sharded_fsdp2_checkpoint_is_tested_under_fsdp2(runs):
     results = json.loads(next((root / "eval" / "test_sharded").rglob("results.json")).read_text())
     assert (root / "fsdp2" / "full" / "ckpt" / "last.ckpt" / "meta.pt").is_file()
     assert results["checkpoint"].endswith("last.ckpt")
-    assert all(0.0 <= v <= 1.0 for v in results["metrics"]["sequential"].values())
+    rates = {k: v for k, v in results["metrics"]["sequential"].items() if not k.endswith("requests")}
+    assert rates and all(0.0 <= v <= 1.0 for v in rates.values())
 
 
 @pytest.mark.slow

@@ -64,3 +64,24 @@ def test_rouge_sums_equal_torchmetrics_sentence_average_across_updates():
     expected = reference.compute()
     for key, value in ours.compute().items():
         assert math.isclose(float(value), float(expected[f"{key}_fmeasure"]), rel_tol=1e-5)
+
+
+def test_a_slice_holding_every_request_equals_the_overall_metrics_and_a_part_counts_only_its_own():
+    from recsys_lightning.metrics import slice_metrics, update_slice
+
+    ranked = torch.tensor([[3, 1, 2, 9, 8], [4, 5, 6, 7, 0], [1, 2, 3, 4, 5], [7, 3, 1, 0, 2]])
+    target = torch.tensor([3, 7, 42, 1])  # ranks 1, 4, none, 3
+    overall = ranking_metrics((1, 5), (1, 5))
+    update_ranking(overall, ranked, target, torch.arange(4))
+    whole, part, empty = (slice_metrics(name, (1, 5)) for name in ("whole", "part", "empty"))
+    for half in (slice(0, 2), slice(2, 4)):  # two batches
+        update_slice(whole, "whole", (1, 5), ranked[half], target[half], torch.ones(2, dtype=torch.bool))
+        update_slice(part, "part", (1, 5), ranked[half], target[half], torch.tensor([False, True]))
+        update_slice(empty, "empty", (1, 5), ranked[half], target[half], torch.zeros(2, dtype=torch.bool))
+    for key, metric in overall.items():
+        assert math.isclose(float(whole[f"whole/{key}"].compute()), float(metric.compute()), rel_tol=1e-6)
+    assert float(whole["whole/requests"].compute()) == 4 and float(part["part/requests"].compute()) == 2
+    assert math.isclose(float(part["part/hr@5"].compute()), 1.0, rel_tol=1e-6)  # requests 2 and 4: ranks 4 and 3
+    assert math.isclose(float(part["part/ndcg@5"].compute()), (1 / math.log2(5) + 1 / math.log2(4)) / 2, rel_tol=1e-6)
+    assert float(part["part/hr@1"].compute()) == 0.0
+    assert float(empty["empty/requests"].compute()) == 0 and math.isnan(float(empty["empty/hr@5"].compute()))

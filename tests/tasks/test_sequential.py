@@ -10,7 +10,7 @@ from recsys_lightning.data.splits import leave_one_out
 from recsys_lightning.data.transitions import Transitions
 from recsys_lightning.generation.generator import Generator
 from recsys_lightning.infilling.layout import IGNORE
-from tasks.sequential import Sequential, TransitionPrior
+from tasks.sequential import Sequential, Slices, TransitionPrior
 from tests.conftest import make_glm
 
 
@@ -130,3 +130,31 @@ def test_prior_is_one_typed_option_given_as_a_mapping():
 def test_transition_prior_fields_are_checked(fields):
     with pytest.raises(ValueError, match="need weight >= 0, smoothing > 0, context >= 1"):
         Sequential(prior=fields)
+
+
+def test_slices_score_cold_targets_and_short_histories_from_the_training_parts_alone(tiny_reviews):
+    dm = causal_module(tiny_reviews, slices={"cold_item": 2, "short_history": 4})
+    dm.setup("test")
+    family, data = dm.families[0], dm.data
+    generator = Generator(make_glm(len(dm.tokenizer)), dm.tokens, beam_size=10, score_end=False)
+    parts = [data.sequence(u)[:-2] for u in range(data.num_users)]
+    item_counts = {i: sum(int((p == i).sum()) for p in parts) for i in range(data.num_items)}
+    metrics = family.metrics("item")
+    cold = short = hits = 0
+    for batch in dm.test_dataloader()[0]:
+        family.evaluate(generator, batch, metrics)
+        ranked, _ = family._rank(generator, batch)
+        for user, target, top in zip(batch["user_id"].tolist(), batch["target_item"].tolist(), ranked.tolist()):
+            cold += item_counts[target] <= 2
+            short += len(parts[user]) <= 4
+            hits += item_counts[target] <= 2 and target in top[:10]
+    assert 0 < cold < data.num_users and 0 < short < data.num_users  # both slices are proper parts of the users
+    assert float(metrics["cold/requests"].compute()) == cold and float(metrics["short/requests"].compute()) == short
+    assert float(metrics["cold/hr@10"].compute()) == pytest.approx(hits / cold)
+    assert (family.slices.cold_item, family.slices.short_history) == (2, 4) and Sequential().slices == Slices(5, 3)
+    assert "slices" not in Sequential.row_options({"slices": {"cold_item": 2}, "max_history": 5})
+
+
+def test_slice_thresholds_must_not_be_negative():
+    with pytest.raises(ValueError, match="cold_item >= 0"):
+        Sequential(slices={"cold_item": -1})
