@@ -17,6 +17,7 @@ from torchmetrics import MetricCollection
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from recsys_lightning.infilling.tokens import GLMTokens
+from recsys_lightning.infilling.tokenizer import tokenizer_identity
 from recsys_lightning.errors import CheckpointError
 from recsys_lightning.data.semantic import content_texts
 from recsys_lightning.distributed import (gather_for_decoding, merge_list_states, mesh_device, release_after_decoding,
@@ -31,12 +32,6 @@ STAGE_PREFIX = {"fit": "val", "validate": "val", "test": "test", "predict": "pre
 FINGERPRINT_KEYS = ("dataset", "format", "items", "item_index", "item_ids", "tokenizer")
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """The serialized tokenizer when it is a fast one (exact identity), else its name or path."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    return backend.to_str() if backend is not None else str(tokenizer.name_or_path)
-
-
 def dataset_fingerprint(datamodule: Any) -> dict[str, Any]:
     """What a checkpoint was trained on: dataset name and format, users, items, the item index and every item's
     rendering (a hash: semantic codes or a seeded numbering that differ under the same tokens), and the tokenizer.
@@ -49,7 +44,7 @@ def dataset_fingerprint(datamodule: Any) -> dict[str, Any]:
     return {"dataset": data.name, "format": datamodule.hparams.format, "users": data.num_users,
             "items": data.num_items, "item_index": datamodule.hparams.item_index,
             "item_ids": hashlib.sha256(renders.encode()).hexdigest()[:16],
-            "tokenizer": hashlib.sha256(tokenizer_fingerprint(tokenizer).encode()).hexdigest()[:16]}
+            "tokenizer": hashlib.sha256(tokenizer_identity(tokenizer).encode()).hexdigest()[:16]}
 
 
 def check_fingerprint(saved: Any, current: dict[str, Any], where: str) -> None:
@@ -292,14 +287,14 @@ class RecSysLLM(L.LightningModule):
 
     # --- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["tokenizer"] = tokenizer_fingerprint(self.tokenizer)
+        checkpoint["tokenizer"] = tokenizer_identity(self.tokenizer)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if getattr(datamodule, "data", None) is not None:
             checkpoint["dataset"] = dataset_fingerprint(datamodule)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("tokenizer")
-        if saved is not None and saved != tokenizer_fingerprint(self.tokenizer):
+        if saved is not None and saved != tokenizer_identity(self.tokenizer):
             raise ValueError("the checkpoint was trained with another tokenizer than the data module's; run through "
                              "`recsys-lightning`, which loads the checkpoint's tokenizer, or set data.tokenizer")
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None

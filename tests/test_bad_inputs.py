@@ -530,7 +530,7 @@ def cli_world(tmp_path_factory) -> tuple[Path, Path]:
     import torch
 
     from recsys_lightning.infilling.tokenizer import train_tokenizer
-    from recsys_lightning.module import tokenizer_fingerprint
+    from recsys_lightning.infilling.tokenizer import tokenizer_identity
 
     tmp = tmp_path_factory.mktemp("cli")
     root = amazon(tmp, n=300)
@@ -539,7 +539,7 @@ def cli_world(tmp_path_factory) -> tuple[Path, Path]:
     gz = broken / "reviews_Tiny_5.json.gz"
     gz.write_bytes(gz.read_bytes()[:-200])
     (tmp / "bad_prompts.yaml").write_text("templates:\n  - {id: s-1, text: 'Which {colour} next?', target: item}\n")
-    tokenizer = tokenizer_fingerprint(train_tokenizer(TOKENIZER_CORPUS, vocab_size=100))
+    tokenizer = tokenizer_identity(train_tokenizer(TOKENIZER_CORPUS, vocab_size=100))
     fake_checkpoint(tmp / "beauty.ckpt", tokenizer=tokenizer,
                     dataset={"dataset": "Beauty", "format": "s3rec", "users": 22363, "items": 12101,
                              "item_index": "sequential", "tokenizer": "0" * 16})

@@ -103,3 +103,18 @@ def load_backbone_tokenizer(path: str | Path, trust_remote_code: bool = False) -
         add_glm_tokens(tokenizer, GLM_BLANK_TOKENS)
     GLMTokens.of(tokenizer)
     return tokenizer
+
+
+def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
+    """What checkpoints and caches compare: a fast tokenizer's serialized form without its truncation and padding
+    settings (a `tokenizer.json` may ship some, all-MiniLM-L6-v2's 128, and the first call clears them), else its
+    name or path."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return str(tokenizer.name_or_path)
+    if backend.truncation is None and backend.padding is None:
+        return backend.to_str()
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    return plain.to_str()

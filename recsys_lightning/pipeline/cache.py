@@ -25,7 +25,7 @@ from filelock import FileLock, Timeout
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
-from recsys_lightning.infilling.tokenizer import wrap_tokenizer
+from recsys_lightning.infilling.tokenizer import tokenizer_identity, wrap_tokenizer
 
 PACKAGE = Path(__file__).resolve().parent.parent
 # Source files whose code shapes the rows: the dataset side, the pipeline, the blank-infilling format, prompt
@@ -58,9 +58,8 @@ def data_fingerprint(root: Path) -> list[list[Any]]:
 
 def tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:
     """Identity of a tokenizer: its serialized form when fast, else its class, name and vocabulary."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        return _sha([backend.to_str().encode()])
+    if getattr(tokenizer, "backend_tokenizer", None) is not None:
+        return _sha([tokenizer_identity(tokenizer).encode()])
     vocab = sorted(tokenizer.get_vocab().items())
     return _sha([type(tokenizer).__name__.encode(), str(tokenizer.name_or_path).encode(), repr(vocab).encode()])
 

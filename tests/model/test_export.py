@@ -149,7 +149,7 @@ def test_a_backbones_own_tokenizer_gets_back_the_item_tokens_training_added(tmp_
     write_pretrained(tmp_path / "llama-base")
     trained = HFCausalLM(model=str(tmp_path / "llama-base")).tokenizer()
     trained.add_tokens(["<item_2>", "<item_1>"])  # atomic item ids, as the data module adds them
-    saved = trained.backend_tokenizer.to_str()  # what a checkpoint keeps (`tokenizer_fingerprint`)
+    saved = trained.backend_tokenizer.to_str()  # what a checkpoint keeps (`tokenizer_identity`)
     fresh = HFCausalLM(model=str(tmp_path / "llama-base")).tokenizer()
     assert len(fresh) == len(trained) - 2
     add_item_tokens(fresh, saved)
