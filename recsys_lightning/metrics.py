@@ -46,11 +46,11 @@ def update_slice(metrics: dict[str, Metric], name: str, ks: Sequence[int], ranke
     """Feed the requests of `ranked` (B, k), best first, whose `in_slice` is set into the slice `name`'s metrics."""
     ranked, target = ranked[in_slice], target[in_slice]
     metrics[f"{name}/requests"].update(torch.tensor(float(len(target))))
+    hits = (ranked == target[:, None]).float()
+    gains = hits / torch.log2(torch.arange(2, hits.shape[1] + 2, device=hits.device, dtype=torch.float))
     for k in ks:
-        hits = (ranked[:, :k] == target[:, None]).float()
-        gains = 1 / torch.log2(torch.arange(2, hits.shape[1] + 2, device=hits.device, dtype=torch.float))
-        metrics[f"{name}/hr@{k}"].update(hits.sum(1))
-        metrics[f"{name}/ndcg@{k}"].update((hits * gains).sum(1))
+        metrics[f"{name}/hr@{k}"].update(hits[:, :k].sum(1))
+        metrics[f"{name}/ndcg@{k}"].update(gains[:, :k].sum(1))
 
 
 class ROUGE(Metric):

@@ -126,11 +126,11 @@ class Sequential(TaskFamily):
         return {**ranking_metrics(self.ks, self.ks), **slices}
 
     @cached_property
-    def training_counts(self) -> tuple[np.ndarray, np.ndarray]:
+    def training_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(interactions per item, items per user) over the users' training parts, which the slices read."""
         parts = training_sequences(self.ctx.data)
         items = np.bincount(np.concatenate(parts), minlength=self.ctx.data.num_items)
-        return items, np.array([len(p) for p in parts])
+        return torch.from_numpy(items), torch.tensor([len(p) for p in parts])
 
     def _rank(self, generator: Generator, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         device = batch["input_ids"].device
@@ -161,7 +161,7 @@ class Sequential(TaskFamily):
         ranked, _ = self._rank(generator, batch)
         target = batch["target_item"]
         update_ranking(metrics, ranked, target, batch["request_id"])
-        items, histories = (torch.from_numpy(c).to(ranked.device) for c in self.training_counts)
+        items, histories = (c.to(ranked.device) for c in self.training_counts)
         update_slice(metrics, "cold", self.ks, ranked, target, items[target] <= self.slices.cold_item)
         update_slice(metrics, "short", self.ks, ranked, target,
                      histories[batch["user_id"].to(ranked.device)] <= self.slices.short_history)
