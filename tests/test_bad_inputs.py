@@ -529,8 +529,7 @@ def cli_world(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny review folder, its truncated copy, bad prompts, fake/damaged checkpoints, an existing cache entry."""
     import torch
 
-    from recsys_lightning.infilling.tokenizer import train_tokenizer
-    from recsys_lightning.infilling.tokenizer import tokenizer_identity
+    from recsys_lightning.infilling.tokenizer import tokenizer_identity, train_tokenizer
 
     tmp = tmp_path_factory.mktemp("cli")
     root = amazon(tmp, n=300)
