@@ -33,9 +33,20 @@ def wrap_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
     )
 
 
+def without_call_settings(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """`tokenizer` with its fast backend's truncation and padding cleared, in place: a `tokenizer.json` may ship
+    them (all-MiniLM-L6-v2's pads and cuts every text to 128), and examples are encoded by the backend directly,
+    where they would pad each prompt, history and target with [PAD] tokens; lengths are the layout's job."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and (backend.truncation is not None or backend.padding is not None):
+        backend.no_truncation()
+        backend.no_padding()
+    return tokenizer
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A saved tokenizer (ours, or a backbone's) from a local folder or hub name."""
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    tokenizer = without_call_settings(AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code))
     GLMTokens.of(tokenizer)
     return tokenizer
 
@@ -101,13 +112,13 @@ def load_backbone_tokenizer(path: str | Path, trust_remote_code: bool = False) -
     else:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         add_glm_tokens(tokenizer, GLM_BLANK_TOKENS)
-    GLMTokens.of(tokenizer)
+    GLMTokens.of(without_call_settings(tokenizer))
     return tokenizer
 
 
 def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
     """What checkpoints and caches compare: a fast tokenizer's serialized form without its truncation and padding
-    settings (a `tokenizer.json` may ship some, all-MiniLM-L6-v2's 128, and the first call clears them), else its
+    settings (see `without_call_settings`; checkpoints saved before it was applied on load have them), else its
     name or path."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:

@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from recsys_lightning.infilling.tokens import GLMTokens
 from recsys_lightning.infilling.layout import Blank, infill
 from recsys_lightning.infilling.masking import Masking, fitted_masked_sample
+from recsys_lightning.infilling.tokenizer import without_call_settings
 
 
 class EncodingError(ValueError):
@@ -50,7 +51,7 @@ def tokenize(tokenizer: PreTrainedTokenizerBase,
              texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
     """Token ids and character offsets of each text, without special tokens. Fast tokenizers go straight to
     their Rust backend (the transformers wrapper costs more than the tokenization itself on large builds)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
+    backend = getattr(without_call_settings(tokenizer), "backend_tokenizer", None)
     if backend is not None:
         encodings = backend.encode_batch(texts, add_special_tokens=False)
         return [e.ids for e in encodings], [e.offsets for e in encodings]
