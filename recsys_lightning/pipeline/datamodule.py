@@ -20,7 +20,8 @@ from recsys_lightning.pipeline.cache import (PACKAGE, ExampleCache, code_hash, d
 from recsys_lightning.pipeline.encode import encode_masked_rows, encode_rows
 from recsys_lightning.data.embeddings import model_fingerprint
 from recsys_lightning.data.indexing import ItemIndex, SemanticIds, build_index
-from recsys_lightning.pipeline.sampling import evaluation_loader, example_lengths, request_order, training_loader
+from recsys_lightning.pipeline.sampling import (evaluation_loader, example_lengths, longest_first, prompt_lengths,
+                                                request_order, sample_cuts, training_loader)
 from recsys_lightning.data.schema import RecData
 from recsys_lightning.data.splits import SPLIT_IDS, TRAINING_SPLITS, review_split
 from recsys_lightning.data.textualize import describe_item, describe_user, with_templates
@@ -348,17 +349,24 @@ class RecDataModule(L.LightningDataModule):
         """Training steps finished in the current epoch: the position a resumed run starts from."""
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer is not None else 0
 
-    def _eval_loaders(self, split: str) -> list[DataLoader]:
+    def _eval_loaders(self, split: str, stage: str) -> list[DataLoader]:
         """One loader per stream; each rank decodes a contiguous share of whole batches (no sample twice)."""
         return [evaluation_loader(ds, self.hparams.eval_batch_size, self._shard(),
                                   partial(self._collate_eval, stream, split), self.hparams.num_workers,
-                                  self._eval_order(ds, split))
+                                  self._eval_order(ds, stage))
                 for stream, ds in zip(self.eval_streams, self._eval[split])]
 
-    def _eval_order(self, ds: Dataset, split: str) -> list[int] | None:
+    def _eval_order(self, ds: Dataset, stage: str) -> list[int] | None:
         """Validation reads its requests in a seeded order, so that a `limit_val_batches` subset is a random
-        sample of them; test and predict keep the dataset's order (predictions are written in it)."""
-        return request_order(ds.with_format("numpy")["request_id"][:], self.hparams.seed) if split == "val" else None
+        sample of them; validation and test read each sample longest rows first (a batch pads little; the rows
+        read stay the same); predict keeps the dataset's order (predictions are written in it)."""
+        if stage == "predict":
+            return None
+        ids = ds.with_format("numpy")["request_id"][:]
+        order = request_order(ids, self.hparams.seed) if stage == "val" else range(len(ds))
+        limit = getattr(self.trainer, f"limit_{stage}_batches", None) if self.trainer is not None else None
+        cuts = sample_cuts(len(ds), self.hparams.eval_batch_size, self._shard()[0], limit)
+        return longest_first(order, prompt_lengths(ds), cuts, ids)
 
     def _collate_eval(self, stream: EvalStream, split: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """Part A prompts of one stream, with the stream's target slot and the split its requests come from."""
@@ -370,13 +378,13 @@ class RecDataModule(L.LightningDataModule):
         return batch
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [] if self.hparams.refit else self._eval_loaders("val")
+        return [] if self.hparams.refit else self._eval_loaders("val", "val")
 
     def test_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("test")
+        return self._eval_loaders("test", "test")
 
     def predict_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("test")
+        return self._eval_loaders("test", "predict")
 
     def stats(self) -> dict[str, Any]:
         """Dataset statistics, example counts per family and split and (once fitted) mean tokens a training row, for

@@ -4,7 +4,8 @@ Training: each epoch draws one global stream of examples (family weights, seed +
 (`batch_size` examples, or packed rows), deals the steps round-robin to the data-parallel ranks and can start
 mid-epoch after a restart, so the data order does not depend on where a run was interrupted. Evaluation: each
 rank takes a contiguous run of whole batches, nothing repeated or dropped, so metrics gathered over the ranks
-equal one process's; a stream is read in dataset order or in a seeded order of whole requests (`request_order`).
+equal one process's; a stream is read in dataset order or in a seeded order of whole requests (`request_order`),
+longest rows first within each sample (`longest_first`), so that a batch pads little.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ Planner = Callable[[list[int]], list[Step]]
 def example_lengths(tables: Sequence[datasets.Dataset]) -> list[int]:
     """Token count of every laid-out example (Part A + Part B), datasets concatenated."""
     return [n for ds in tables for n in pc.list_value_length(ds.data.column("input_ids")).to_pylist()]
+
+
+def prompt_lengths(ds: datasets.Dataset) -> list[int]:
+    """Token count of every evaluation row's prompt: Part A and the tokens that open its blank."""
+    part_a = pc.list_value_length(ds.data.column("input_ids")).to_numpy(zero_copy_only=False)
+    if "part_b_ids" not in ds.column_names:
+        return part_a.tolist()
+    opening = pc.list_value_length(ds.data.column("part_b_ids")).fill_null(0).to_numpy(zero_copy_only=False)
+    return (part_a + opening).tolist()
 
 
 def one_per_row(order: Sequence[int], batch_size: int) -> list[Step]:
@@ -182,12 +192,48 @@ def request_order(request_ids: Sequence[int], seed: int) -> list[int]:
     return np.lexsort((np.arange(len(ids)), rank[ids])).tolist()
 
 
+def longest_first(order: Sequence[int], lengths: Sequence[int], cuts: Sequence[int] = (),
+                  requests: Sequence[int] | None = None) -> list[int]:
+    """`order` with each run between the row positions `cuts` sorted by descending `lengths` (stable): rows of
+    similar length share a batch, so a batch pads little, and the longest batch runs first (memory fails early).
+    Cuts keep a sample's rows within it (the first `limit_val_batches` batches stay the same rows); `requests`
+    (a request id per row) sorts whole requests by their longest row, so a request's rows stay together."""
+    rows, size = np.asarray(order, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+    if requests is not None and len(size):
+        ids = np.asarray(requests, dtype=np.int64)
+        longest = np.zeros(int(ids.max()) + 1, dtype=np.int64)
+        np.maximum.at(longest, ids, size)
+        size = longest[ids]
+    bounds = sorted({0, len(rows), *(min(max(c, 0), len(rows)) for c in cuts)})
+    return [int(i) for a, b in zip(bounds, bounds[1:]) for i in rows[a:b][np.argsort(-size[rows[a:b]], kind="stable")]]
+
+
+def eval_batch_size(length: int, batch_size: int, world: int) -> int:
+    """The batch of an evaluation stream: smaller when the stream has fewer batches than ranks, so that every
+    rank decodes (metrics sync at the end of the epoch on every rank)."""
+    return batch_size if math.ceil(length / batch_size) >= world else max(1, length // world)
+
+
+def sample_cuts(length: int, batch_size: int, world: int, limit: int | float | None) -> list[int]:
+    """Row positions where each rank's first `limit` batches (Lightning's `limit_*_batches`: a count, or a
+    fraction of the rank's batches) begin and end; none when every batch is read."""
+    if limit is None or isinstance(limit, float) and limit >= 1.0:
+        return []
+    size = eval_batch_size(length, batch_size, world)
+    batches = math.ceil(length / size)
+    cuts = []
+    for rank in range(world):
+        first, last = batches * rank // world, batches * (rank + 1) // world
+        read = int(limit) if isinstance(limit, int) else int((last - first) * limit)
+        cuts += [first * size, min(first + read, last) * size]
+    return cuts
+
+
 def evaluation_loader(dataset: Dataset, batch_size: int, shard: tuple[int, int], collate_fn: Callable[[list], Any],
                       num_workers: int, order: Sequence[int] | None = None) -> DataLoader:
-    """An evaluation stream's loader for this rank, reading rows in `order` (default: the dataset's); the batch
-    shrinks when the stream has fewer batches than ranks, so that every rank decodes (metrics sync at the end of
-    the epoch on every rank)."""
+    """An evaluation stream's loader for this rank, reading rows in `order` (default: the dataset's) in batches
+    of `eval_batch_size`."""
     length = len(dataset)  # type: ignore[arg-type]
-    size = batch_size if math.ceil(length / batch_size) >= shard[0] else max(1, length // shard[0])
+    size = eval_batch_size(length, batch_size, shard[0])
     return DataLoader(dataset, batch_size=size, sampler=ContiguousShard(length, size, *shard, order=order),
                       collate_fn=collate_fn, num_workers=num_workers)

@@ -11,7 +11,7 @@ def request_ids(loader) -> list[int]:
     return [i for batch in loader for i in batch["request_id"].tolist()]
 
 
-def test_validation_reads_whole_requests_in_a_seeded_order_and_test_reads_them_in_order(tiny_reviews):
+def test_evaluation_reads_whole_requests_longest_first_and_validation_in_a_seeded_order(tiny_reviews):
     def module(seed: int) -> RecDataModule:
         dm = RecDataModule(tasks=[TaskSpec("sequential"), TaskSpec("direct")], root=str(tiny_reviews),
                            vocab_size=400, max_length=640, eval_batch_size=16, cache_dir=None, seed=seed)
@@ -20,15 +20,18 @@ def test_validation_reads_whole_requests_in_a_seeded_order_and_test_reads_them_i
         return dm
 
     dm = module(0)
-    for stream, rows, val, test in zip(dm.eval_streams, dm._eval["val"], dm.val_dataloader(), dm.test_dataloader()):
-        ids = request_ids(val)
-        runs = [r for k, r in enumerate(ids) if k == 0 or ids[k - 1] != r]
-        assert len(runs) == len(set(runs)), stream.name  # a request's rows (direct: 100 answers) stay together
-        assert sorted(ids) == sorted(rows["request_id"])
-        assert runs != sorted(runs), stream.name  # the first batches are not the first users
-        assert request_ids(test) == sorted(request_ids(test)), stream.name
+    loaders = zip(dm.eval_streams, dm._eval["val"], dm._eval["test"], dm.val_dataloader(), dm.test_dataloader())
+    for stream, val_rows, test_rows, val, test in loaders:
+        for rows, loader in ((val_rows, val), (test_rows, test)):
+            ids = request_ids(loader)
+            runs = [r for k, r in enumerate(ids) if k == 0 or ids[k - 1] != r]
+            assert len(runs) == len(set(runs)), stream.name  # a request's rows (direct: 100 answers) stay together
+            assert sorted(ids) == sorted(rows["request_id"]), stream.name  # every row once
+            widths = [batch["input_ids"].shape[1] + batch["part_b_ids"].shape[1] for batch in loader]
+            assert widths == sorted(widths, reverse=True), stream.name  # longest prompts first: little padding
     assert [request_ids(v) for v in module(0).val_dataloader()] == [request_ids(v) for v in dm.val_dataloader()]
     assert [request_ids(v) for v in module(1).val_dataloader()] != [request_ids(v) for v in dm.val_dataloader()]
+    assert [request_ids(p) for p in dm.predict_dataloader()] == [sorted(request_ids(p)) for p in dm.predict_dataloader()]
 
 
 def test_stats_give_each_familys_mean_training_row_length(tiny_reviews):

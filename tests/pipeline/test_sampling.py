@@ -9,7 +9,8 @@ import datasets
 import pytest
 import torch
 
-from recsys_lightning.pipeline.sampling import (ContiguousShard, StepSampler, evaluation_loader, one_per_row, request_order,
+from recsys_lightning.pipeline.sampling import (ContiguousShard, StepSampler, evaluation_loader, longest_first, one_per_row,
+                                                request_order, sample_cuts,
                                            training_loader)
 
 
@@ -125,3 +126,25 @@ def test_an_ordered_evaluation_stream_reads_its_order_in_single_process_batches_
     for world in (1, 2, 3):
         loaders = [evaluation_loader(list(range(41)), 8, (world, rank), list, 0, order) for rank in range(world)]
         assert [b for loader in loaders for b in loader] == [order[s: s + 8] for s in range(0, 41, 8)]
+
+
+def test_longest_first_sorts_whole_requests_within_each_sample_and_keeps_the_rows_each_rank_reads():
+    ids = [0, 0, 1, 2, 2, 2, 3, 4, 5, 6, 7, 8, 9, 9]
+    lengths = [3, 9, 1, 4, 4, 2, 7, 5, 5, 8, 2, 6, 1, 1]
+    order = request_order(ids, seed=0)
+    assert longest_first(order, [1] * len(ids), requests=ids) == order  # equal lengths: the order is kept
+    sorted_rows = longest_first(order, lengths, requests=ids)
+    longest = {r: max(n for i, n in zip(ids, lengths) if i == r) for r in set(ids)}
+    keys = [longest[ids[i]] for i in sorted_rows]
+    assert keys == sorted(keys, reverse=True) and sorted(sorted_rows) == list(range(len(ids)))
+    requests = [ids[i] for i in sorted_rows]
+    assert len([r for k, r in enumerate(requests) if k == 0 or requests[k - 1] != r]) == len(set(ids))
+    for world, limit in ((1, 2), (2, 1), (3, 1), (2, 0.5)):
+        cuts = sample_cuts(len(ids), 3, world, limit)
+        sampled = longest_first(order, lengths, cuts, ids)
+        for rank in range(world):
+            before = [i for b in evaluation_loader(list(range(len(ids))), 3, (world, rank), list, 0, order) for i in b]
+            after = [i for b in evaluation_loader(list(range(len(ids))), 3, (world, rank), list, 0, sampled) for i in b]
+            read = int(limit) * 3 if isinstance(limit, int) else int(len(before) // 3 * limit) * 3
+            assert sorted(after[:read]) == sorted(before[:read]), (world, limit, rank)  # the same sample, reordered
+    assert sample_cuts(len(ids), 3, 2, 1.0) == [] and sample_cuts(len(ids), 3, 1, None) == []
