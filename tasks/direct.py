@@ -6,7 +6,6 @@ templates ask about each candidate in its own prompt and rank by log p("yes") - 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Iterator
 
 import torch

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from recsys_lightning.generation.text import greedy_infill
 from recsys_lightning.infilling.layout import Blank, blank_infilling_mask, collate_infill, collate_part_a, infill
