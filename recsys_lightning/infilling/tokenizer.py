@@ -38,10 +38,16 @@ def without_call_settings(tokenizer: PreTrainedTokenizerBase) -> PreTrainedToken
     them (all-MiniLM-L6-v2's pads and cuts every text to 128), and examples are encoded by the backend directly,
     where they would pad each prompt, history and target with [PAD] tokens; lengths are the layout's job."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and (backend.truncation is not None or backend.padding is not None):
+    if backend is not None:
+        _clear_call_settings(backend)
+    return tokenizer
+
+
+def _clear_call_settings(backend: Tokenizer) -> Tokenizer:
+    if backend.truncation is not None or backend.padding is not None:
         backend.no_truncation()
         backend.no_padding()
-    return tokenizer
+    return backend
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -125,7 +131,4 @@ def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
         return str(tokenizer.name_or_path)
     if backend.truncation is None and backend.padding is None:
         return backend.to_str()
-    plain = Tokenizer.from_str(backend.to_str())
-    plain.no_truncation()
-    plain.no_padding()
-    return plain.to_str()
+    return _clear_call_settings(Tokenizer.from_str(backend.to_str())).to_str()
