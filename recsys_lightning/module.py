@@ -149,13 +149,13 @@ class RecSysLLM(L.LightningModule):
         self.check_settings(datamodule)
         self.tokenizer = datamodule.tokenizer
         self.tokens = GLMTokens.of(self.tokenizer)
-        self.streams = datamodule.eval_streams
+        prefix = STAGE_PREFIX[stage]
+        self.streams = datamodule.streams(prefix)  # one per loader of the stage, in order
         if not self.hparams.score_end:
-            for family in {id(s.family): s.family for s in self.streams}.values():
+            for family in {id(s.family): s.family for s in datamodule.eval_streams}.values():
                 if not family.ctx.item_trie.prefix_free:
                     raise ValueError(f"model.score_end: false needs item token sequences none of which begins "
                                      f"another (data.item_index: atomic); family {family.name!r}'s items do not")
-        prefix = STAGE_PREFIX[stage]
         if prefix != "predict":
             for i, stream in enumerate(self.streams):
                 metrics = MetricCollection(stream.family.metrics(stream.target), prefix=f"{prefix}/{stream.prefix}")

@@ -125,6 +125,27 @@ def test_the_five_families_train_in_one_run_and_report_every_metric_seen_and_uns
     assert 0.0 <= metrics["rating"]["mae"] <= 4.0
 
 
+def test_a_family_that_does_not_validate_trains_and_tests_but_is_left_out_of_validation(tmp_path, tiny_reviews):
+    tasks = ["--data.tasks", '[{"name": "sequential"}, {"name": "direct"}]', "--data.validate", "[sequential]"]
+    out = run("fit", tmp_path, tiny_reviews, *tasks, "--trainer.limit_val_batches", "1")
+    logged = next(csv.reader((out / "metrics.csv").open()))
+    assert "val/sequential/ndcg@10" in logged and "val/sequential/unseen/ndcg@10" in logged
+    assert not [name for name in logged if name.startswith("val/direct/")]
+    out = run("test", tmp_path, tiny_reviews, *tasks, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"),
+              "--trainer.limit_test_batches", "1")
+    direct = json.loads((out / "results.json").read_text())["metrics"]["direct"]
+    assert {"hr@10", "unseen/hr@10", "yes_no/hr@10"} <= set(direct)
+
+
+def test_a_monitor_on_a_family_left_out_of_validation_or_an_unknown_family_fails_before_training(tmp_path, tiny_reviews, capsys):
+    with refused(capsys, r"monitors 'val/direct/ndcg@10', but data.validate leaves family 'direct' out"):
+        run("fit", tmp_path, tiny_reviews, "--data.tasks", '[{"name": "sequential"}, {"name": "direct"}]',
+            "--data.validate", "[sequential]", "--checkpoint.monitor", "val/direct/ndcg@10")
+    with refused(capsys, r"data.validate: \['rating'\] must name some of the families in data.tasks"):
+        run("fit", tmp_path, tiny_reviews, "--data.validate", "[rating]", *SEQUENTIAL_ONLY)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 def test_lora_run_trains_only_adapters_and_its_checkpoint_needs_lora(tmp_path, tiny_reviews, capsys):
     run("fit", tmp_path, tiny_reviews, *SEQUENTIAL_ONLY, "--model.lora", "{r: 4, alpha: 8}",
         "--trainer.limit_val_batches", "1")

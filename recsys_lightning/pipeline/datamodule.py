@@ -64,6 +64,7 @@ class EvalStream:
     unseen: bool
     target: str
     max_requests: int | None = None
+    validate: bool = True
 
     @property
     def prefix(self) -> str:
@@ -104,6 +105,7 @@ class RecDataModule(L.LightningDataModule):
         pack_length: int | None = None,
         refit: bool = False,
         semantic: SemanticIds | None = None,
+        validate: list[str] | None = None,
     ) -> None:
         """
         Args:
@@ -137,6 +139,8 @@ class RecDataModule(L.LightningDataModule):
                 no validation (the test item stays unseen). Every family must support it (`TaskFamily.refits`).
             semantic: settings of `item_index: semantic` (levels, codes per level, k-means seed, encoder batch size,
                 encoder); None: the defaults, `{levels: 3, codes: 256, seed: 0}`.
+            validate: the families `fit` validates (None: every one); the others still train and test, without the
+                validation time of families no checkpoint choice watches (direct decodes 100 candidates a request).
         """
         super().__init__()
         specs = tasks if tasks is not None else [TaskSpec("sequential")]
@@ -159,6 +163,8 @@ class RecDataModule(L.LightningDataModule):
         names = [f.name for f in self.families]
         if len(set(names)) != len(names):
             raise ValueError(f"data.tasks: a family is listed twice: {names}")
+        if validate is not None and (not validate or set(validate) - set(names)):
+            raise ValueError(f"data.validate: {validate} must name some of the families in data.tasks: {names}")
         if refit and not all(f.refits for f in self.families):
             raise ValueError(f"data.refit: families {[f.name for f in self.families if not f.refits]} cannot train on "
                              f"the validation items (only families that set `refits` can)")
@@ -265,12 +271,27 @@ class RecDataModule(L.LightningDataModule):
             splits = ("refit",)  # the validation items are trained on: nothing is left to validate on
         if splits[0] in TRAINING_SPLITS and not self._train:
             self._train = [self._examples(f, splits[0]) for f in self.families]
-        self.eval_streams = [EvalStream(f, unseen, target, spec["max_eval_requests"])
+        validate = self.hparams.get("validate")
+        self.eval_streams = [EvalStream(f, unseen, target, spec["max_eval_requests"],
+                                        validate is None or f.name in validate)
                              for f, spec in zip(self.families, self.hparams.tasks)
                              for unseen in (False, True) for target in f.eval_targets(unseen)]
+        if stage in ("fit", "validate") and self.trainer is not None:
+            self._check_monitors(self.trainer.callbacks)
         for split in splits:
             if split not in TRAINING_SPLITS and split not in self._eval:
                 self._eval[split] = [self._examples(s.family, split, s) for s in self.eval_streams]
+
+    def _check_monitors(self, callbacks: list[Any]) -> None:
+        """A checkpoint or early-stopping monitor must watch a family that validates: Lightning would only
+        fail (or never stop) after the first validation."""
+        skipped = {s.family.name for s in self.eval_streams} - {s.family.name for s in self.streams("val")}
+        for callback in callbacks:
+            monitor = getattr(callback, "monitor", None)
+            family = monitor.split("/")[1] if isinstance(monitor, str) and monitor.count("/") >= 2 else None
+            if family in skipped:
+                raise ValueError(f"{type(callback).__name__} monitors {monitor!r}, but data.validate leaves "
+                                 f"family {family!r} out; monitor a validated family, or validate this one")
 
     def prepare_data(self) -> None:
         """Build the example cache once per node (Lightning calls this on local rank 0 before every `setup`)."""
@@ -349,12 +370,18 @@ class RecDataModule(L.LightningDataModule):
         """Training steps finished in the current epoch: the position a resumed run starts from."""
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer is not None else 0
 
+    def streams(self, stage: str) -> list[EvalStream]:
+        """The evaluation streams of a stage, one per loader in order: validation leaves out the families
+        `data.validate` does not name."""
+        return [s for s in self.eval_streams if stage != "val" or s.validate]
+
     def _eval_loaders(self, split: str, stage: str) -> list[DataLoader]:
-        """One loader per stream; each rank decodes a contiguous share of whole batches (no sample twice)."""
+        """One loader per stream of `stage`; each rank decodes a contiguous share of whole batches (no sample
+        twice)."""
         return [evaluation_loader(ds, self.hparams.eval_batch_size, self._shard(),
                                   partial(self._collate_eval, stream, split), self.hparams.num_workers,
                                   self._eval_order(ds, stage))
-                for stream, ds in zip(self.eval_streams, self._eval[split])]
+                for stream, ds in zip(self.eval_streams, self._eval[split]) if stage != "val" or stream.validate]
 
     def _eval_order(self, ds: Dataset, stage: str) -> list[int] | None:
         """Validation reads its requests in a seeded order, so that a `limit_val_batches` subset is a random
