@@ -285,7 +285,7 @@ class RecDataModule(L.LightningDataModule):
     def _check_monitors(self, callbacks: list[Any]) -> None:
         """A checkpoint or early-stopping monitor must watch a family that validates: Lightning would only
         fail (or never stop) after the first validation."""
-        skipped = {s.family.name for s in self.eval_streams} - {s.family.name for s in self.streams("val")}
+        skipped = {s.family.name for s in self.eval_streams if not s.validate}
         for callback in callbacks:
             monitor = getattr(callback, "monitor", None)
             family = monitor.split("/")[1] if isinstance(monitor, str) and monitor.count("/") >= 2 else None
@@ -378,10 +378,11 @@ class RecDataModule(L.LightningDataModule):
     def _eval_loaders(self, split: str, stage: str) -> list[DataLoader]:
         """One loader per stream of `stage`; each rank decodes a contiguous share of whole batches (no sample
         twice)."""
+        wanted = self.streams(stage)
         return [evaluation_loader(ds, self.hparams.eval_batch_size, self._shard(),
                                   partial(self._collate_eval, stream, split), self.hparams.num_workers,
                                   self._eval_order(ds, stage))
-                for stream, ds in zip(self.eval_streams, self._eval[split]) if stage != "val" or stream.validate]
+                for stream, ds in zip(self.eval_streams, self._eval[split]) if stream in wanted]
 
     def _eval_order(self, ds: Dataset, stage: str) -> list[int] | None:
         """Validation reads its requests in a seeded order, so that a `limit_val_batches` subset is a random
