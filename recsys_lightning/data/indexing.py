@@ -162,11 +162,18 @@ def _no_memo(name: str, build: Callable[[], Any]) -> Any:
 def _semantic_build(data: RecData, seed: int, settings: SemanticIds) -> dict[str, Any]:
     """Codes (a JSON value) of every item: encoder over each item's content text, residual k-means fitted on the
     training items in raw-id order, collisions numbered in training order; with the time each part took."""
+    import torch
+
     from recsys_lightning.data.embeddings import encode_texts
     from recsys_lightning.data.semantic import content_texts, semantic_codes
 
     start = time.perf_counter()
-    embeddings = encode_texts(content_texts(data), settings.encoder, settings.batch_size).numpy()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # threads split a batch's sums by its shape: codes would hang on which items share a batch
+    try:
+        embeddings = encode_texts(content_texts(data), settings.encoder, settings.batch_size).numpy()
+    finally:
+        torch.set_num_threads(threads)
     encoded = time.perf_counter()
     order, trained = training_order(data, seed)
     fit = sorted(order[:trained], key=lambda i: data.items[i])
