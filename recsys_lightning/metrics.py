@@ -85,15 +85,24 @@ class Perplexity(MeanMetric):
         return super().compute().exp()
 
 
+_NON_WORD = re.compile(r"[^a-z0-9]+")
+
+
+def words(text: str) -> str:
+    """`text` lowercased with non-alphanumerics as spaces: the words torchmetrics' ROUGE scores, so BLEU
+    does not score an uncased tokenizer's output (MiniLM) or detached punctuation down."""
+    return " ".join(_NON_WORD.sub(" ", text.lower()).split())
+
+
 def text_metrics(bleu_n: int) -> dict[str, Metric]:
-    """Corpus BLEU-n and ROUGE-1/2/L F-measures of generated against reference text."""
+    """Corpus BLEU-n and ROUGE-1/2/L F-measures of generated against reference text, both over `words`."""
     return {f"bleu{bleu_n}": BLEUScore(n_gram=bleu_n), "rouge": ROUGE()}
 
 
 def update_text(metrics: dict[str, Metric], generated: list[str], references: list[str]) -> None:
     for metric in metrics.values():
         if isinstance(metric, BLEUScore):
-            metric.update(generated, [[r] for r in references])
+            metric.update([words(g) for g in generated], [[words(r)] for r in references])
         elif isinstance(metric, ROUGE):
             metric.update(generated, references)
 

@@ -49,6 +49,18 @@ def test_text_metrics_score_identical_text_as_one():
     assert all(math.isclose(float(v), 1.0, rel_tol=1e-6) for v in metrics["rouge"].compute().values())
 
 
+def test_bleu_ignores_case_and_punctuation_as_rouge_does():
+    from recsys_lightning.metrics import text_metrics, update_text
+
+    metrics = text_metrics(4)
+    update_text(metrics, ["the strings sound bright , and stay in tune for weeks ."],
+                ["The strings sound bright, and stay in tune for weeks."])
+    assert math.isclose(float(metrics["bleu4"].compute()), 1.0, rel_tol=1e-6)
+    assert all(math.isclose(float(v), 1.0, rel_tol=1e-6) for v in metrics["rouge"].compute().values())
+    update_text(metrics, ["tuners slip after a week"], ["the strings sound bright and stay in tune"])
+    assert float(metrics["bleu4"].compute()) < 1.0
+
+
 def test_rouge_sums_equal_torchmetrics_sentence_average_across_updates():
     from torchmetrics.text import ROUGEScore
 
